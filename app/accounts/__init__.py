@@ -1,0 +1,1 @@
+"""End users of a tenant: identities, contact channels, factors, backup codes, sessions, sign-in."""

@@ -1,0 +1,195 @@
+"""Factors a user holds: TOTP enrolment and checks, backup codes, the password."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+import uuid
+from datetime import timedelta
+
+import pyotp
+from sqlalchemy import select, update
+
+from app.accounts.models import BackupCode, MfaFactor, PasswordIdentity, User, UserSession
+from app.accounts.services import check_new_password, revoke_sessions
+from app.actor import Actor
+from app.audit.models import AuditAction
+from app.audit.services import record_event
+from app.crypto import decrypt, encrypt, hash_code, hash_password, verify_code, verify_password
+from app.errors import Conflict, RuleRefused
+from app.extensions import db, utcnow
+
+TOTP_PERIOD = 30
+# One step either side for clock drift (NIST 800-63B §3.1.5.2); a code is still accepted once.
+TOTP_VALID_WINDOW = 1
+ENROLMENT_TTL = timedelta(minutes=10)
+BACKUP_CODE_COUNT = 10
+_CODE_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # base32: 5 bits a character
+_CODE_GROUPS, _CODE_GROUP_LEN = 4, 5  # 20 characters = 100 bits; the 4-character lookup leaves 80
+LOOKUP_LEN = 4
+
+
+class InvalidFactorCode(RuleRefused):
+    code = "invalid_code"
+
+
+# --- TOTP -----------------------------------------------------------------------------------
+
+
+def start_totp_enrolment(actor: Actor, user: User, *, issuer: str) -> tuple[MfaFactor, str, str]:
+    """Create a pending TOTP factor; returns it, the base32 secret and the otpauth URI (shown
+    only to the user's own session, once)."""
+    for factor in user.factors:
+        if factor.status == "pending":  # an abandoned enrolment dies when a new one starts
+            factor.status, factor.removed_at = "removed", utcnow()
+    secret = pyotp.random_base32(32)  # 160 bits
+    factor = MfaFactor(user=user, kind="totp", status="pending", secret_encrypted=encrypt(secret),
+                       enrolled_ip=actor.ip)
+    db.session.add(factor)
+    db.session.flush()
+    uri = pyotp.TOTP(secret).provisioning_uri(name=user.email, issuer_name=issuer)
+    return factor, secret, uri
+
+
+def _matching_step(secret: str, code: str, *, at: float | None = None) -> int | None:
+    if not (code.isdigit() and len(code) == 6):
+        return None
+    totp = pyotp.TOTP(secret)
+    now_step = int((at if at is not None else time.time()) // TOTP_PERIOD)
+    found = None
+    for step in range(now_step - TOTP_VALID_WINDOW, now_step + TOTP_VALID_WINDOW + 1):
+        if hmac.compare_digest(totp.generate_otp(step), code):
+            found = step
+    return found
+
+
+def consume_totp(factor: MfaFactor, code: str) -> bool:
+    """Accept the code once: the matching time step must be later than any accepted before,
+    claimed by an atomic compare-and-set so two concurrent uses cannot both pass."""
+    step = _matching_step(decrypt(factor.secret_encrypted), code)
+    if step is None:
+        return False
+    claimed = db.session.execute(
+        update(MfaFactor)
+        .where(MfaFactor.id == factor.id, MfaFactor.last_used_step < step)
+        .values(last_used_step=step)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if claimed == 1:
+        factor.last_used_step = step
+    return claimed == 1
+
+
+def confirm_totp_enrolment(actor: Actor, user: User, code: str) -> MfaFactor:
+    """Activate the pending factor with its first code; records `mfa.factor_enrolled`."""
+    pending = [f for f in user.factors if f.status == "pending"]
+    if not pending:
+        raise Conflict("There is no enrolment to confirm; start one first.")
+    factor = pending[-1]
+    if factor.created_at + ENROLMENT_TTL < utcnow():
+        factor.status, factor.removed_at = "removed", utcnow()
+        raise RuleRefused("The enrolment expired; start again.", code="enrolment_expired", keep_changes=True)
+    if not consume_totp(factor, code):
+        raise InvalidFactorCode("The code is not valid.")
+    factor.status, factor.activated_at, factor.enrolled_ip = "active", utcnow(), actor.ip
+    db.session.flush()
+    record_event(actor, AuditAction.FACTOR_ENROLLED, tenant_id=user.tenant_id, target_user_id=user.id,
+                 details={"factor_id": str(factor.id), "kind": factor.kind})
+    return factor
+
+
+# --- backup codes ---------------------------------------------------------------------------
+
+
+def _new_backup_code() -> str:
+    raw = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(_CODE_GROUPS * _CODE_GROUP_LEN))
+    return "-".join(raw[i:i + _CODE_GROUP_LEN] for i in range(0, len(raw), _CODE_GROUP_LEN))
+
+
+def normalize_backup_code(raw: str) -> str | None:
+    """Accept codes typed with spaces, without dashes or in capitals; None if it cannot be one."""
+    compact = "".join(ch for ch in raw.lower() if ch not in " -")
+    if len(compact) != _CODE_GROUPS * _CODE_GROUP_LEN or any(c not in _CODE_ALPHABET for c in compact):
+        return None
+    return "-".join(compact[i:i + _CODE_GROUP_LEN] for i in range(0, len(compact), _CODE_GROUP_LEN))
+
+
+def issue_backup_codes(actor: Actor, user: User, *, reason: str | None = None) -> list[str]:
+    """Replace every unused code with a fresh set of ten; returns the codes (shown once)."""
+    now = utcnow()
+    db.session.execute(
+        update(BackupCode)
+        .where(BackupCode.user_id == user.id, BackupCode.used_at.is_(None), BackupCode.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    batch = uuid.uuid4()
+    codes: list[str] = []
+    lookups: set[str] = set()
+    while len(codes) < BACKUP_CODE_COUNT:
+        code = _new_backup_code()
+        if code[:LOOKUP_LEN] in lookups:  # keep lookups distinct so a check hashes once
+            continue
+        lookups.add(code[:LOOKUP_LEN])
+        codes.append(code)
+        db.session.add(BackupCode(user_id=user.id, batch_id=batch, lookup=code[:LOOKUP_LEN],
+                                  hash=hash_code(code), created_at=now))
+    db.session.flush()
+    record_event(actor, AuditAction.BACKUP_CODES_GENERATED, tenant_id=user.tenant_id,
+                 target_user_id=user.id, reason=reason,
+                 details={"count": BACKUP_CODE_COUNT, "batch_id": str(batch),
+                          "by": "admin" if actor.type == "agent" else actor.type})
+    return codes
+
+
+def consume_backup_code(user: User, raw: str) -> bool:
+    """Burn one unused code: one indexed lookup, one argon2 check, and an atomic
+    `UPDATE ... WHERE used_at IS NULL` so the same code cannot sign in twice, even concurrently."""
+    code = normalize_backup_code(raw)
+    if code is None:
+        return False
+    candidates = db.session.scalars(
+        select(BackupCode).where(
+            BackupCode.user_id == user.id, BackupCode.lookup == code[:LOOKUP_LEN],
+            BackupCode.used_at.is_(None), BackupCode.revoked_at.is_(None),
+        )
+    ).all()
+    for candidate in candidates:
+        if verify_code(candidate.hash, code):
+            claimed = db.session.execute(
+                update(BackupCode)
+                .where(BackupCode.id == candidate.id, BackupCode.used_at.is_(None),
+                       BackupCode.revoked_at.is_(None))
+                .values(used_at=utcnow())
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            return claimed == 1
+    return False
+
+
+# --- password -------------------------------------------------------------------------------
+
+
+def change_password(actor: Actor, user: User, session: UserSession, *, new_password: str,
+                    current_password: str | None) -> None:
+    """Set a password the user chose. A session opened by a must-change (temporary) password has
+    already proven it; any other session must present the current one."""
+    identity = user.password
+    forced = identity is not None and identity.must_change
+    if identity is not None and not forced and not verify_password(identity.hash, current_password or ""):
+        raise RuleRefused("The current password is not correct.", code="invalid_credentials")
+    check_new_password(new_password, email=user.email)
+    if identity is not None and verify_password(identity.hash, new_password):
+        raise RuleRefused("The new password must differ from the current one.")
+    if identity is None:
+        identity = PasswordIdentity(user=user, hash="")
+        db.session.add(identity)
+    identity.hash = hash_password(new_password)
+    identity.must_change = identity.temporary = False
+    identity.expires_at = identity.used_at = None
+    identity.set_at = utcnow()
+    revoked = revoke_sessions(user.id, except_id=session.id)
+    record_event(actor, AuditAction.PASSWORD_CHANGED, tenant_id=user.tenant_id, target_user_id=user.id,
+                 details={"forced": forced, "other_sessions_revoked": revoked})
+

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+
+class SigninIn(Schema):
+    email = fields.String(required=True, validate=validate.Length(min=3, max=320))
+    password = fields.String(required=True, validate=validate.Length(min=1, max=1024), load_only=True)
+    otp = fields.String(validate=validate.Length(min=1, max=16), load_only=True)
+    backup_code = fields.String(validate=validate.Length(min=1, max=64), load_only=True)
+
+
+class SigninOut(Schema):
+    status = fields.String(required=True)
+    token = fields.String(allow_none=True)
+
+
+class TotpEnrolmentOut(Schema):
+    factor_id = fields.UUID()
+    secret = fields.String()
+    otpauth_uri = fields.String()
+
+
+class CodeIn(Schema):
+    code = fields.String(required=True, validate=validate.Length(min=1, max=16), load_only=True)
+
+
+class FactorOut(Schema):
+    id = fields.UUID()
+    kind = fields.String()
+    status = fields.String()
+    created_at = fields.DateTime()
+    activated_at = fields.DateTime(allow_none=True)
+    removed_at = fields.DateTime(allow_none=True)
+
+
+class BackupCodesOut(Schema):
+    codes = fields.List(fields.String())
+    remaining = fields.Integer()
+
+
+class PasswordChangeIn(Schema):
+    new_password = fields.String(required=True, validate=validate.Length(min=1, max=1024), load_only=True)
+    current_password = fields.String(validate=validate.Length(min=1, max=1024), load_only=True)
+
+
+class StatusOut(Schema):
+    status = fields.String()
+
+
+class _PasswordState(Schema):
+    set = fields.Boolean()
+    must_change = fields.Boolean()
+    set_at = fields.DateTime(allow_none=True)
+
+
+class _BackupCodesState(Schema):
+    remaining = fields.Integer()
+    label = fields.String()
+
+
+class _Identity(Schema):
+    id = fields.UUID()
+    issuer = fields.String()
+    subject = fields.String()
+    linked_at = fields.DateTime()
+
+
+class _Channel(Schema):
+    id = fields.UUID()
+    kind = fields.String()
+    value = fields.String(metadata={"description": "phones are masked"})
+    added_at = fields.DateTime()
+    verified_at = fields.DateTime(allow_none=True)
+    removed_at = fields.DateTime(allow_none=True)
+
+
+class _Signin(Schema):
+    occurred_at = fields.DateTime()
+    ip = fields.String(allow_none=True)
+    result = fields.String()
+    method = fields.String()
+
+
+class UserDetailOut(Schema):
+    id = fields.UUID()
+    email = fields.String()
+    display_name = fields.String()
+    status = fields.String()
+    privileged = fields.Boolean()
+    created_at = fields.DateTime()
+    password = fields.Nested(_PasswordState)
+    factors = fields.List(fields.Nested(FactorOut))
+    backup_codes = fields.Nested(_BackupCodesState)
+    identities = fields.List(fields.Nested(_Identity))
+    channels = fields.List(fields.Nested(_Channel))
+    recent_signins = fields.List(fields.Nested(_Signin))
+
+
+class NoteIn(Schema):
+    body = fields.String(required=True, validate=validate.Length(min=1, max=2000))
+
+
+class NoteOut(Schema):
+    id = fields.UUID()
+    user_id = fields.UUID()
+    author_id = fields.UUID()
+    body = fields.String()
+    created_at = fields.DateTime()

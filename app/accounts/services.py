@@ -1,0 +1,259 @@
+"""Users, their channels and identities, sessions, notes and the admin's view of a user."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import phonenumbers
+from flask import current_app
+from sqlalchemy import func, select, update
+
+from app.accounts.models import (
+    BackupCode,
+    Channel,
+    FederatedIdentity,
+    MfaFactor,
+    Note,
+    PasswordIdentity,
+    SigninAttempt,
+    User,
+    UserSession,
+)
+from app.actor import Actor
+from app.audit.models import AuditAction
+from app.audit.services import record_event
+from app.crypto import hash_password, new_token, token_digest
+from app.errors import Forbidden, NotFound, RuleRefused, Unauthenticated, ValidationFailed
+from app.extensions import db, utcnow
+from app.tenants.models import Tenant
+
+_EMAIL = re.compile(r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+# A note that looks like a one-time code or a backup code is refused: agents must never paste a
+# secret into the permanent record.
+_LOOKS_LIKE_SECRET = re.compile(r"(?<![\w-])(\d{6,8}|[a-z2-7]{5}(?:-[a-z2-7]{5}){3})(?![\w-])", re.I)
+MIN_PASSWORD_LENGTH = 12
+
+
+def normalize_email(raw: str) -> str:
+    """NFKC, trimmed, lower-case ASCII. Non-ASCII addresses are refused, so look-alike
+    (confusable) spellings can neither open a second account nor match the first."""
+    email = unicodedata.normalize("NFKC", raw).strip().lower()
+    if not _EMAIL.match(email):
+        raise ValidationFailed("Not a valid email address.", details={"field": "email"})
+    return email
+
+
+def normalize_phone(raw: str, region: str | None = None) -> str:
+    """E.164 form of a phone number; numbers are compared only in this form."""
+    try:
+        number = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException as exc:
+        raise ValidationFailed("Not a valid phone number.", details={"field": "phone"}) from exc
+    if not phonenumbers.is_valid_number(number):
+        raise ValidationFailed("Not a valid phone number.", details={"field": "phone"})
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def mask_phone(e164: str) -> str:
+    """`+4477******89`: enough to tell numbers apart, not enough to dial."""
+    return e164[:4] + "*" * max(len(e164) - 6, 0) + e164[-2:]
+
+
+def check_new_password(password: str, *, email: str) -> None:
+    """Length and obviousness rules for a password a user chooses."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise RuleRefused(f"A password needs at least {MIN_PASSWORD_LENGTH} characters.",
+                          details={"min_length": MIN_PASSWORD_LENGTH})
+    if len(password) > 256:
+        raise RuleRefused("A password may have at most 256 characters.")
+    if email.split("@")[0] in password.lower():
+        raise RuleRefused("A password may not contain the email address.")
+
+
+@dataclass(frozen=True)
+class PhoneSpec:
+    number: str
+    added_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class FederatedSpec:
+    issuer: str
+    subject: str
+    linked_at: datetime | None = None
+
+
+def create_user(
+    tenant: Tenant,
+    *,
+    email: str,
+    actor: Actor,
+    password: str | None = None,
+    display_name: str = "",
+    phones: list[PhoneSpec] | None = None,
+    federated: list[FederatedSpec] | None = None,
+    privileged: bool = False,
+    external_id: str | None = None,
+    email_added_at: datetime | None = None,
+) -> User:
+    """Provision a user with an email channel, optional password, phones and federated links."""
+    email = normalize_email(email)
+    if db.session.scalars(select(User).where(User.tenant_id == tenant.id, User.email == email)).first():
+        raise ValidationFailed("A user with this email exists in the tenant.", details={"field": "email"})
+    now = utcnow()
+    user = User(id=uuid.uuid4(), tenant_id=tenant.id, email=email, display_name=display_name,
+                privileged=privileged, external_id=external_id, created_at=now)
+    db.session.add(user)
+    if password is not None:
+        check_new_password(password, email=email)
+        db.session.add(PasswordIdentity(user=user, hash=hash_password(password), set_at=now))
+    db.session.add(Channel(user=user, kind="email", value=email, added_at=email_added_at or now,
+                           verified_at=email_added_at or now))
+    for phone in phones or []:
+        added = phone.added_at or now
+        db.session.add(Channel(user=user, kind="phone", value=normalize_phone(phone.number),
+                               added_at=added, verified_at=added))
+    for link in federated or []:
+        db.session.add(FederatedIdentity(tenant_id=tenant.id, user=user, issuer=link.issuer,
+                                         subject=link.subject, linked_at=link.linked_at or now))
+    db.session.flush()
+    record_event(actor, AuditAction.USER_CREATED, tenant_id=tenant.id, target_user_id=user.id,
+                 details={"phones": len(phones or []), "federated": len(federated or []),
+                          "privileged": privileged, "has_password": password is not None})
+    return user
+
+
+def get_user(tenant_id: uuid.UUID, user_id: uuid.UUID | str) -> User:
+    """The tenant's user with this id; another tenant's user is NotFound, never Forbidden."""
+    try:
+        uid = user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(str(user_id))
+    except ValueError as exc:
+        raise NotFound("No such user.") from exc
+    user = db.session.get(User, uid)
+    if user is None or user.tenant_id != tenant_id:
+        raise NotFound("No such user.")
+    return user
+
+
+def find_user_by_email(tenant_id: uuid.UUID, email: str) -> User | None:
+    return db.session.scalars(select(User).where(User.tenant_id == tenant_id, User.email == email)).first()
+
+
+def active_factors(user: User) -> list[MfaFactor]:
+    return [f for f in user.factors if f.status == "active"]
+
+
+def backup_codes_remaining(user_id: uuid.UUID) -> int:
+    return db.session.scalar(
+        select(func.count()).select_from(BackupCode).where(
+            BackupCode.user_id == user_id, BackupCode.used_at.is_(None), BackupCode.revoked_at.is_(None)
+        )
+    ) or 0
+
+
+# --- sessions -------------------------------------------------------------------------------
+
+
+def open_session(user: User, *, scope: str, ip: str | None) -> str:
+    """Issue a session token (returned once; only its digest is kept)."""
+    settings = current_app.extensions["rekey.settings"]
+    ttl = settings.session_ttl_seconds if scope == "full" else settings.restricted_session_ttl_seconds
+    token = new_token("rk_sess")
+    now = utcnow()
+    db.session.add(UserSession(tenant_id=user.tenant_id, user_id=user.id, digest=token_digest(token),
+                               scope=scope, ip=ip, created_at=now, expires_at=now + timedelta(seconds=ttl)))
+    db.session.flush()
+    return token
+
+
+def authenticate_session(token: str, *, restricted_ok: bool) -> UserSession:
+    """The live session for this token; a restricted one only where `restricted_ok`."""
+    session = db.session.scalars(select(UserSession).where(UserSession.digest == token_digest(token))).first()
+    if session is None or session.revoked_at is not None or session.expires_at <= utcnow():
+        raise Unauthenticated("The session is not valid.")
+    user = db.session.get(User, session.user_id)
+    if user is None or user.status != "active":
+        raise Unauthenticated("The session is not valid.")
+    if session.scope != "full" and not restricted_ok:
+        raise Forbidden("This session may only enrol a factor and change the password.",
+                        code="restricted_session")
+    return session
+
+
+def revoke_sessions(user_id: uuid.UUID, *, except_id: uuid.UUID | None = None) -> int:
+    """Revoke every live session of the user (but `except_id`); returns how many."""
+    stmt = update(UserSession).where(UserSession.user_id == user_id, UserSession.revoked_at.is_(None))
+    if except_id is not None:
+        stmt = stmt.where(UserSession.id != except_id)
+    return db.session.execute(stmt.values(revoked_at=utcnow())).rowcount or 0
+
+
+# --- the admin's view ----------------------------------------------------------------------
+
+
+def describe_user(actor: Actor, user_id: uuid.UUID | str) -> dict[str, Any]:
+    """The runbook's user detail / MFA tab: factors, codes remaining, identities, channels with
+    when each was added, and recent sign-in activity with IPs."""
+    assert actor.tenant_id is not None
+    user = get_user(actor.tenant_id, user_id)
+    remaining = backup_codes_remaining(user.id)
+    attempts = db.session.scalars(
+        select(SigninAttempt).where(SigninAttempt.user_id == user.id)
+        .order_by(SigninAttempt.occurred_at.desc()).limit(50)
+    ).all()
+    return {
+        "id": user.id,
+        "email": user.email,
+        "display_name": user.display_name,
+        "status": user.status,
+        "privileged": user.privileged,
+        "created_at": user.created_at,
+        "password": {
+            "set": user.password is not None,
+            "must_change": bool(user.password and user.password.must_change),
+            "set_at": user.password.set_at if user.password else None,
+        },
+        "factors": [
+            {"id": f.id, "kind": f.kind, "status": f.status, "created_at": f.created_at,
+             "activated_at": f.activated_at, "removed_at": f.removed_at}
+            for f in user.factors if f.status != "pending"
+        ],
+        "backup_codes": {"remaining": remaining, "label": f"{remaining} remaining"},
+        "identities": [
+            {"id": i.id, "issuer": i.issuer, "subject": i.subject, "linked_at": i.linked_at}
+            for i in user.identities
+        ],
+        "channels": [
+            {"id": c.id, "kind": c.kind,
+             "value": mask_phone(c.value) if c.kind == "phone" else c.value,
+             "added_at": c.added_at, "verified_at": c.verified_at, "removed_at": c.removed_at}
+            for c in user.channels
+        ],
+        "recent_signins": [
+            {"occurred_at": a.occurred_at, "ip": a.ip, "result": a.result, "method": a.method}
+            for a in attempts
+        ],
+    }
+
+
+def add_note(actor: Actor, user_id: uuid.UUID | str, body: str) -> Note:
+    """Record a manual note on the user (and in the audit trail)."""
+    assert actor.tenant_id is not None and actor.id is not None
+    user = get_user(actor.tenant_id, user_id)
+    # Control characters are removed so a note can never forge a line in any log or export.
+    clean = "".join(ch if ch == "\n" or unicodedata.category(ch)[0] != "C" else " " for ch in body).strip()
+    if not clean:
+        raise ValidationFailed("A note needs text.", details={"field": "body"})
+    if _LOOKS_LIKE_SECRET.search(clean):
+        raise RuleRefused("The note looks like it contains a code; never record secrets in notes.")
+    note = Note(tenant_id=user.tenant_id, user_id=user.id, author_id=uuid.UUID(actor.id), body=clean)
+    db.session.add(note)
+    db.session.flush()
+    record_event(actor, AuditAction.NOTE_ADDED, target_user_id=user.id, reason=clean,
+                 details={"note_id": str(note.id)})
+    return note

@@ -1,0 +1,121 @@
+"""End-user auth API and the admin's user endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import g, request
+
+from app.accounts import mfa
+from app.accounts.schemas import (
+    BackupCodesOut,
+    CodeIn,
+    FactorOut,
+    NoteIn,
+    NoteOut,
+    PasswordChangeIn,
+    SigninIn,
+    SigninOut,
+    StatusOut,
+    TotpEnrolmentOut,
+    UserDetailOut,
+)
+from app.accounts.services import active_factors, add_note, backup_codes_remaining, describe_user, get_user
+from app.accounts.signin import sign_in
+from app.errors import Forbidden, Unauthenticated
+from app.extensions import db
+from app.tenants.models import Tenant
+from app.tenants.services import get_tenant_by_slug
+from app.web import Blueprint, agent_required, anonymous_actor, current_actor, session_required
+
+auth = Blueprint("auth", __name__, url_prefix="/v1/auth", description="End-user sign-in and enrolment")
+admin_users = Blueprint("admin_users", __name__, url_prefix="/v1/admin/users",
+                        description="The runbook's user detail and notes")
+
+TENANT_HEADER = "X-Rekey-Tenant"
+
+
+def _tenant_from_header() -> Tenant:
+    # Sign-in has no credential yet, so the tenant is named by the tenant's own sign-in front
+    # end (its hostname mapping) in a header; the credentials must then match inside it.
+    slug = request.headers.get(TENANT_HEADER, "")
+    try:
+        return get_tenant_by_slug(slug)
+    except Exception as exc:
+        raise Unauthenticated("The email, password or code is not correct.",
+                              code="invalid_credentials") from exc
+
+
+@auth.route("/signin", methods=["POST"])
+@auth.arguments(SigninIn)
+@auth.response(200, SigninOut)
+def signin(body: dict[str, Any]) -> Any:
+    """Sign in with email + password + (TOTP code or backup code)."""
+    tenant = _tenant_from_header()
+    result = sign_in(tenant, anonymous_actor(tenant.id), **body)
+    return {"status": result.status, "token": result.token}
+
+
+def _user() -> Any:
+    return get_user(g.user_session.tenant_id, g.user_session.user_id)
+
+
+@auth.route("/enrol/totp", methods=["POST"])
+@session_required(restricted_ok=True)
+@auth.response(201, TotpEnrolmentOut)
+def enrol_totp() -> Any:
+    """Start a TOTP enrolment: the secret and otpauth URI, shown once to this session."""
+    user = _user()
+    tenant = db.session.get(Tenant, user.tenant_id)
+    factor, secret, uri = mfa.start_totp_enrolment(current_actor(), user, issuer=f"Rekey ({tenant.name})")
+    return {"factor_id": factor.id, "secret": secret, "otpauth_uri": uri}
+
+
+@auth.route("/enrol/totp/confirm", methods=["POST"])
+@session_required(restricted_ok=True)
+@auth.arguments(CodeIn)
+@auth.response(200, FactorOut)
+def confirm_totp(body: dict[str, Any]) -> Any:
+    """Activate the pending TOTP factor with its first code."""
+    return mfa.confirm_totp_enrolment(current_actor(), _user(), body["code"])
+
+
+@auth.route("/backup-codes", methods=["POST"])
+@session_required(restricted_ok=True)
+@auth.response(201, BackupCodesOut)
+def regenerate_backup_codes() -> Any:
+    """Replace all backup codes with ten new ones, shown once."""
+    user = _user()
+    if g.user_session.scope != "full" and not active_factors(user):
+        # A recovery session must enrol a real factor before it may mint new codes.
+        raise Forbidden("Enrol a factor before regenerating backup codes.", code="restricted_session")
+    codes = mfa.issue_backup_codes(current_actor(), user)
+    return {"codes": codes, "remaining": backup_codes_remaining(user.id)}
+
+
+@auth.route("/password", methods=["POST"])
+@session_required(restricted_ok=True)
+@auth.arguments(PasswordChangeIn)
+@auth.response(200, StatusOut)
+def change_password(body: dict[str, Any]) -> Any:
+    """Change the password (a forced change after a temporary password needs no current one)."""
+    mfa.change_password(current_actor(), _user(), g.user_session, new_password=body["new_password"],
+                        current_password=body.get("current_password"))
+    return {"status": "password_changed"}
+
+
+@admin_users.route("/<user_id>", methods=["GET"])
+@agent_required()
+@admin_users.response(200, UserDetailOut)
+def user_detail(user_id: str) -> Any:
+    """User detail: factors, backup codes remaining, identities, channels, recent sign-ins."""
+    return describe_user(current_actor(), user_id)
+
+
+@admin_users.route("/<user_id>/notes", methods=["POST"])
+@agent_required()
+@admin_users.arguments(NoteIn)
+@admin_users.response(201, NoteOut)
+def post_note(body: dict[str, Any], user_id: str) -> Any:
+    """Add a manual note to the user's record (and the audit trail)."""
+    return add_note(current_actor(), user_id, body["body"])

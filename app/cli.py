@@ -1,0 +1,256 @@
+"""`rekey`: provisioning, migrations, audit export and verification, and the dev runner.
+
+Every command prints JSON with `--json` (for scripts) or a short human summary otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from functools import wraps
+from typing import Any
+
+import click
+
+from app.config import Settings
+
+
+def _app() -> Any:
+    from app import create_app
+
+    return create_app(Settings())
+
+
+def _emit(payload: Any, as_json: bool, human: str) -> None:
+    if as_json:
+        click.echo(json.dumps(payload, default=str, sort_keys=True))
+    else:
+        click.echo(human)
+
+
+def in_app(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run the command inside an app context and commit once at the end, as a request would."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from app.errors import RekeyError
+        from app.extensions import db
+
+        app = _app()
+        with app.app_context():
+            try:
+                result = fn(*args, **kwargs)
+                db.session.commit()
+                return result
+            except RekeyError as exc:
+                db.session.rollback()
+                click.echo(json.dumps(exc.to_body()), err=True)
+                sys.exit(2)
+
+    return wrapper
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise click.BadParameter(f"{value!r} needs a timezone (e.g. 2026-05-01T00:00:00Z)")
+    return moment
+
+
+@click.group()
+def main() -> None:
+    """Rekey: account recovery that enforces the support runbook."""
+
+
+@main.group()
+def db() -> None:
+    """Database migrations."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Apply Alembic migrations up to REVISION (default head)."""
+    from app.migrate import upgrade
+
+    settings = Settings()
+    upgrade(settings.database_url, revision)
+    click.echo(f"database at {revision}: {_redact(settings.database_url)}")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@main.group()
+def tenant() -> None:
+    """Tenants."""
+
+
+@tenant.command("create")
+@click.argument("slug")
+@click.option("--name", default=None)
+@click.option("--setting", "settings", multiple=True, help="NAME=JSON, e.g. reset_cooldown_hours=4")
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def tenant_create(slug: str, name: str | None, settings: tuple[str, ...], as_json: bool) -> None:
+    """Create a tenant."""
+    from app.tenants.services import create_tenant
+
+    parsed = {}
+    for item in settings:
+        key, _, raw = item.partition("=")
+        parsed[key] = json.loads(raw)
+    created = create_tenant(slug=slug, name=name, settings=parsed)
+    _emit({"id": str(created.id), "slug": created.slug, "name": created.name}, as_json,
+          f"tenant {created.slug} ({created.id})")
+
+
+@main.group()
+def agent() -> None:
+    """Support agents and senior admins."""
+
+
+@agent.command("create")
+@click.option("--tenant", "tenant_slug", required=True)
+@click.option("--email", required=True)
+@click.option("--name", default=None)
+@click.option("--role", type=click.Choice(["support_agent", "senior_admin"]), required=True)
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def agent_create(tenant_slug: str, email: str, name: str | None, role: str, as_json: bool) -> None:
+    """Create an agent; prints its API token once."""
+    from app.tenants.services import create_agent, get_tenant_by_slug
+
+    created, token = create_agent(get_tenant_by_slug(tenant_slug), email=email, name=name or email, role=role)
+    _emit({"id": str(created.id), "email": created.email, "role": created.role, "token": token}, as_json,
+          f"agent {created.email} ({created.role}) id={created.id}\n"
+          f"token (shown once, store it now): {token}")
+
+
+@main.group()
+def user() -> None:
+    """End users."""
+
+
+@user.command("create")
+@click.option("--tenant", "tenant_slug", required=True)
+@click.option("--email", required=True)
+@click.option("--name", default="")
+@click.option("--password", default=None, help="Initial password (or REKEY_USER_PASSWORD).",
+              envvar="REKEY_USER_PASSWORD")
+@click.option("--phone", "phones", multiple=True, help="Phone number, E.164 or international form.")
+@click.option("--phone-added-at", "phone_added_at", multiple=True,
+              help="When the matching --phone was added (ISO 8601 with zone).")
+@click.option("--federated", "federated", multiple=True, help="ISSUER:SUBJECT of a linked identity.")
+@click.option("--federated-linked-at", default=None, help="When the federated identities were linked.")
+@click.option("--email-added-at", default=None)
+@click.option("--privileged", is_flag=True)
+@click.option("--external-id", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def user_create(tenant_slug: str, email: str, name: str, password: str | None, phones: tuple[str, ...],
+                phone_added_at: tuple[str, ...], federated: tuple[str, ...], federated_linked_at: str | None,
+                email_added_at: str | None, privileged: bool, external_id: str | None, as_json: bool) -> None:
+    """Create a user with channels and identities."""
+    from app.accounts.services import FederatedSpec, PhoneSpec, create_user
+    from app.actor import Actor
+    from app.tenants.services import get_tenant_by_slug
+
+    if phone_added_at and len(phone_added_at) != len(phones):
+        raise click.BadParameter("give one --phone-added-at per --phone, or none")
+    phone_specs = [PhoneSpec(number, _parse_time(phone_added_at[i]) if phone_added_at else None)
+                   for i, number in enumerate(phones)]
+    links = []
+    for item in federated:
+        issuer, sep, subject = item.rpartition(":")
+        if not sep or not issuer or not subject:
+            raise click.BadParameter(f"--federated {item!r} is not ISSUER:SUBJECT")
+        links.append(FederatedSpec(issuer, subject, _parse_time(federated_linked_at)))
+    found = get_tenant_by_slug(tenant_slug)
+    created = create_user(found, email=email, actor=Actor.system(found.id), password=password,
+                          display_name=name, phones=phone_specs, federated=links, privileged=privileged,
+                          external_id=external_id, email_added_at=_parse_time(email_added_at))
+    channels = [{"id": str(c.id), "kind": c.kind, "added_at": c.added_at.isoformat()} for c in created.channels]
+    _emit({"id": str(created.id), "email": created.email, "channels": channels}, as_json,
+          f"user {created.email} id={created.id}")
+
+
+@main.group()
+def audit() -> None:
+    """The audit trail."""
+
+
+@audit.command("export")
+@click.option("--tenant", "tenant_slug", required=True)
+@click.option("--action", default=None)
+@click.option("--actor", default=None)
+@click.option("--user", "user_id", default=None)
+@click.option("--case", "case_id", default=None)
+@click.option("--since", default=None)
+@click.option("--until", default=None)
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
+@in_app
+def audit_export(tenant_slug: str, action: str | None, actor: str | None, user_id: str | None,
+                 case_id: str | None, since: str | None, until: str | None, fmt: str) -> None:
+    """Stream the tenant's audit events, filtered, to stdout."""
+    import uuid
+
+    from app.actor import Actor
+    from app.audit.models import AuditAction
+    from app.audit.services import AuditFilter, export_lines, record_event
+    from app.extensions import db as database
+    from app.tenants.services import get_tenant_by_slug
+
+    found = get_tenant_by_slug(tenant_slug)
+    flt = AuditFilter(tenant_id=found.id, action=action, actor=actor,
+                      user=uuid.UUID(user_id) if user_id else None,
+                      case=uuid.UUID(case_id) if case_id else None,
+                      since=_parse_time(since), until=_parse_time(until))
+    record_event(Actor(type="operator", id="cli", tenant_id=found.id), AuditAction.AUDIT_EXPORTED,
+                 details={"format": fmt, "action": action, "actor": actor, "user": user_id, "case": case_id,
+                          "since": since, "until": until, "via": "cli"})
+    database.session.commit()
+    for line in export_lines(flt, fmt):
+        click.echo(line, nl=False)
+
+
+@audit.command("verify")
+@click.option("--tenant", "tenant_slug", default=None, help="One tenant (default: every tenant).")
+@click.option("--json", "as_json", is_flag=True)
+def audit_verify(tenant_slug: str | None, as_json: bool) -> None:
+    """Recompute the hash chains; exit 1 naming the first broken seq."""
+    from sqlalchemy import select
+
+    from app.audit.services import verify_chain
+    from app.extensions import db as database
+    from app.tenants.models import Tenant
+
+    app = _app()
+    with app.app_context():
+        stmt = select(Tenant).order_by(Tenant.slug)
+        if tenant_slug:
+            stmt = stmt.where(Tenant.slug == tenant_slug)
+        tenants = database.session.scalars(stmt).all()
+        if tenant_slug and not tenants:
+            click.echo(f"no tenant {tenant_slug!r}", err=True)
+            sys.exit(2)
+        reports = [(t.slug, verify_chain(t.id)) for t in tenants]
+    broken = [r for _, r in reports if not r.ok]
+    if as_json:
+        click.echo(json.dumps([{"tenant": slug, **r.as_dict()} for slug, r in reports], sort_keys=True))
+    else:
+        for slug, r in reports:
+            state = "ok" if r.ok else f"BROKEN at seq {r.first_broken_seq}: {r.problem}"
+            click.echo(f"{slug}: {r.events} events, {state}")
+    sys.exit(1 if broken else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

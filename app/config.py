@@ -1,0 +1,92 @@
+"""Configuration: every setting comes from an environment variable (README lists them all)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Development-only secrets. `create_app` refuses to start in production while any is in use,
+# so a forgotten variable can never ship a publicly known key.
+DEV_SECRET_KEY = "dev-insecure-secret-key-change-me"
+DEV_ENCRYPTION_KEY = "ZGV2LWluc2VjdXJlLWVuY3J5cHRpb24ta2V5LTMyYnk="  # base64 of 32 bytes
+DEV_CODE_PEPPER = "dev-insecure-pepper"
+
+INSTANCE_DIR = Path(os.environ.get("REKEY_INSTANCE_DIR", Path.cwd() / "instance"))
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings a process reads once at start; tests build their own."""
+
+    env: str = field(default_factory=lambda: _env("REKEY_ENV", "development"))
+    secret_key: str = field(default_factory=lambda: _env("REKEY_SECRET_KEY", DEV_SECRET_KEY))
+    database_url: str = field(
+        default_factory=lambda: _env(
+            "DATABASE_URL", f"sqlite:///{INSTANCE_DIR / 'rekey.sqlite3'}"
+        )
+    )
+    broker_url: str = field(default_factory=lambda: _env("REKEY_BROKER_URL", ""))
+    redis_url: str = field(default_factory=lambda: _env("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    # Fernet keys, comma separated, newest first: the first encrypts, all decrypt (rotation).
+    encryption_keys: str = field(
+        default_factory=lambda: _env("REKEY_ENCRYPTION_KEYS", DEV_ENCRYPTION_KEY)
+    )
+    # Pepper for the non-secret lookup prefix of backup codes and for token digests.
+    code_pepper: str = field(default_factory=lambda: _env("REKEY_CODE_PEPPER", DEV_CODE_PEPPER))
+    public_url: str = field(default_factory=lambda: _env("REKEY_PUBLIC_URL", "http://127.0.0.1:5000"))
+    max_body_bytes: int = field(default_factory=lambda: _int("REKEY_MAX_BODY_BYTES", 256 * 1024))
+    log_level: str = field(default_factory=lambda: _env("REKEY_LOG_LEVEL", "INFO"))
+    trusted_proxies: int = field(default_factory=lambda: _int("REKEY_TRUSTED_PROXIES", 0))
+    # Throttling: per account (consecutive failures lock the account's factors) and per IP.
+    signin_max_failures: int = field(default_factory=lambda: _int("REKEY_SIGNIN_MAX_FAILURES", 10))
+    signin_lockout_seconds: int = field(
+        default_factory=lambda: _int("REKEY_SIGNIN_LOCKOUT_SECONDS", 900)
+    )
+    ip_max_failures: int = field(default_factory=lambda: _int("REKEY_IP_MAX_FAILURES", 50))
+    ip_window_seconds: int = field(default_factory=lambda: _int("REKEY_IP_WINDOW_SECONDS", 900))
+    session_ttl_seconds: int = field(default_factory=lambda: _int("REKEY_SESSION_TTL_SECONDS", 8 * 3600))
+    restricted_session_ttl_seconds: int = field(
+        default_factory=lambda: _int("REKEY_RESTRICTED_SESSION_TTL_SECONDS", 900)
+    )
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    def development_secrets_in_use(self) -> list[str]:
+        """Names of the variables still holding their public development value."""
+        found = []
+        if self.secret_key == DEV_SECRET_KEY:
+            found.append("REKEY_SECRET_KEY")
+        if DEV_ENCRYPTION_KEY in self.encryption_keys.split(","):
+            found.append("REKEY_ENCRYPTION_KEYS")
+        if self.code_pepper == DEV_CODE_PEPPER:
+            found.append("REKEY_CODE_PEPPER")
+        return found
+
+    def flask_config(self) -> dict[str, object]:
+        engine_options: dict[str, object] = {"pool_pre_ping": True}
+        if self.database_url.startswith("sqlite"):
+            engine_options = {"connect_args": {"timeout": 30}}
+        return {
+            "SECRET_KEY": self.secret_key,
+            "SQLALCHEMY_DATABASE_URI": self.database_url,
+            "SQLALCHEMY_ENGINE_OPTIONS": engine_options,
+            "MAX_CONTENT_LENGTH": self.max_body_bytes,
+            "API_TITLE": "Rekey",
+            "API_VERSION": "v1",
+            "OPENAPI_VERSION": "3.0.3",
+            "OPENAPI_URL_PREFIX": "/",
+            "OPENAPI_JSON_PATH": "openapi.json",
+            "JSON_SORT_KEYS": False,
+        }

@@ -1,0 +1,1 @@
+"""How work enters and leaves: webhook deliveries, and the transactional outbox."""

@@ -1,0 +1,87 @@
+"""The transactional outbox: `enqueue` in the service's transaction; a relay publishes right
+after commit and a beat sweep republishes anything the broker missed."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from flask import current_app
+from sqlalchemy import event, select, update
+from sqlalchemy.orm import Session
+
+from app.extensions import db, utcnow
+from app.intake.models import OutboxMessage
+
+log = structlog.get_logger(__name__)
+_PENDING = "rekey.outbox_pending"
+# Rows younger than this belong to the after-commit publisher; the sweep leaves them alone.
+SWEEP_GRACE = timedelta(seconds=5)
+
+
+def enqueue(task: str, **kwargs: Any) -> OutboxMessage:
+    """Schedule `task(**kwargs)` to run once this transaction commits."""
+    message = OutboxMessage(id=uuid.uuid4(), task=task, kwargs=kwargs, created_at=utcnow())
+    db.session.add(message)
+    db.session.info.setdefault(_PENDING, []).append(message.id)
+    return message
+
+
+def _publish(message_id: uuid.UUID, task: str, kwargs: dict[str, Any]) -> bool:
+    celery = current_app.extensions["celery"]
+    try:
+        # No publisher retries: a broker outage must not hold a web request; the sweep retries.
+        celery.send_task(task, kwargs=kwargs, task_id=str(message_id), retry=False)
+    except Exception as exc:  # the broker's errors vary by transport
+        log.warning("outbox_publish_failed", task=task, outbox_id=str(message_id), error=type(exc).__name__)
+        with db.engine.begin() as conn:
+            conn.execute(update(OutboxMessage).where(OutboxMessage.id == message_id).values(
+                publish_attempts=OutboxMessage.publish_attempts + 1, last_error=type(exc).__name__))
+        return False
+    with db.engine.begin() as conn:
+        conn.execute(update(OutboxMessage).where(OutboxMessage.id == message_id)
+                     .values(published_at=utcnow(), publish_attempts=OutboxMessage.publish_attempts + 1))
+    return True
+
+
+def publish_committed(ids: list[uuid.UUID]) -> int:
+    """Publish these committed rows now (called right after commit); returns how many went."""
+    if not ids:
+        return 0
+    with db.engine.connect() as conn:
+        rows = conn.execute(select(OutboxMessage.id, OutboxMessage.task, OutboxMessage.kwargs)
+                            .where(OutboxMessage.id.in_(ids), OutboxMessage.published_at.is_(None))).all()
+    return sum(_publish(row.id, row.task, row.kwargs) for row in rows)
+
+
+def relay_pending(limit: int = 500) -> int:
+    """Publish rows the after-commit publisher missed (broker down, process died)."""
+    stmt = (select(OutboxMessage.id, OutboxMessage.task, OutboxMessage.kwargs)
+            .where(OutboxMessage.published_at.is_(None), OutboxMessage.created_at < utcnow() - SWEEP_GRACE)
+            .order_by(OutboxMessage.created_at).limit(limit))
+    if db.engine.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    rows = db.session.execute(stmt).all()
+    sent = sum(_publish(row.id, row.task, row.kwargs) for row in rows)
+    db.session.commit()  # release the row locks taken for the sweep
+    return sent
+
+
+def _after_commit(session: Session) -> None:
+    ids = session.info.pop(_PENDING, None)
+    if ids:
+        publish_committed(ids)
+
+
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+def install(session_class: type[Session]) -> None:
+    """Hook the publisher onto commits of the application's sessions (once per process)."""
+    if not event.contains(session_class, "after_commit", _after_commit):
+        event.listen(session_class, "after_commit", _after_commit)
+        # A rolled-back row is never published anyway (the publisher reads committed rows).
+        event.listen(session_class, "after_rollback", _after_rollback)

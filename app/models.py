@@ -1,0 +1,17 @@
+"""Imports every model so the metadata (Alembic, tests) sees the whole schema."""
+
+from app.accounts.models import (  # noqa: F401
+    BackupCode,
+    Channel,
+    FederatedIdentity,
+    MfaFactor,
+    Note,
+    PasswordIdentity,
+    RememberedDevice,
+    SigninAttempt,
+    User,
+    UserSession,
+)
+from app.audit.models import AuditEvent, AuditHead  # noqa: F401
+from app.intake.models import OutboxMessage  # noqa: F401
+from app.tenants.models import Agent, AgentToken, Tenant  # noqa: F401

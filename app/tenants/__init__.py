@@ -1,0 +1,1 @@
+"""Tenants, their agents (support staff) and the agents' API tokens."""

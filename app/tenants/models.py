@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Boolean, ForeignKey, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.extensions import JSONType, UTCDateTime, db, new_id, utcnow
+
+ROLES = ("support_agent", "senior_admin")
+
+# Tenant policy and risk thresholds; a tenant's `settings` overrides any of them.
+DEFAULT_TENANT_SETTINGS: dict[str, Any] = {
+    "unusual_activity_failed_signins": 5,
+    "unusual_activity_window_hours": 24,
+    "recent_channel_change_days": 30,
+    "repeat_recovery_days": 30,
+    "privileged_requires_two_evidence_types": True,
+    "strict_two_evidence_types": False,
+    "verification_ttl_hours": 72,
+    "reset_cooldown_hours": 0,
+    "allow_temporary_access_pass": False,
+}
+
+
+class Tenant(db.Model):  # type: ignore[name-defined]
+    __tablename__ = "tenants"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def setting(self, name: str) -> Any:
+        return (self.settings or {}).get(name, DEFAULT_TENANT_SETTINGS[name])
+
+
+class Agent(db.Model):  # type: ignore[name-defined]
+    __tablename__ = "agents"
+    __table_args__ = (UniqueConstraint("tenant_id", "email"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), index=True)
+    email: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(32))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AgentToken(db.Model):  # type: ignore[name-defined]
+    """An agent's API token: only its keyed digest is stored; the token is shown once."""
+
+    __tablename__ = "agent_tokens"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    agent_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agents.id"), index=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
