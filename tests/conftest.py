@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.services import (
+    REDIS_BASE_URL,
+    REQUIRE,
+    create_pg_database,
+    drop_pg_database,
+    postgres_available,
+    redis_available,
+)
+
+# Redis databases of the test suite; a developer's own data in db 0 is never touched.
+BROKER_REDIS_DB = 11
+TEST_KEY = "K0wDXEU4b1bSyh3yX2bfO9IrMbJbzxX9wUU6F4E_jps="
+
+
+def pytest_report_header(config: Any) -> list[str]:
+    return [
+        f"rekey services: postgres={'yes' if postgres_available() else 'no (SQLite)'}, "
+        f"redis={'yes' if redis_available() else 'no (in-memory broker)'}, require={REQUIRE}"
+    ]
+
+
+def pytest_sessionstart(session: Any) -> None:
+    if REQUIRE:
+        missing = [name for name, ok in (("postgres", postgres_available()), ("redis", redis_available())) if not ok]
+        if missing:
+            raise pytest.UsageError(f"REKEY_REQUIRE_SERVICES=1 but unreachable: {', '.join(missing)}")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A migrated database for this test session: PostgreSQL when present, else SQLite."""
+    from app.migrate import upgrade
+
+    if postgres_available():
+        url, name = create_pg_database()
+        try:
+            upgrade(url)
+            yield url
+        finally:
+            drop_pg_database(name)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"sqlite:///{Path(tmp) / 'rekey-test.sqlite3'}"
+            upgrade(url)
+            yield url
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    if redis_available():
+        return f"{REDIS_BASE_URL}/{BROKER_REDIS_DB}"
+    return "memory://"
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, broker_url: str) -> Any:
+    from app.config import Settings
+
+    return replace(
+        Settings(),
+        env="test",
+        database_url=database_url,
+        broker_url=broker_url,
+        redis_url=broker_url,
+        encryption_keys=TEST_KEY,
+        code_pepper="test-pepper",
+        secret_key="test-secret",
+        log_level="WARNING",
+    )
+
+
+@pytest.fixture(scope="session")
+def app(settings: Any) -> Iterator[Any]:
+    from app import create_app
+
+    application = create_app(settings, TESTING=True)
+    yield application
+    from app.extensions import db
+
+    with application.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def factory(app: Any) -> Any:
+    from tests.factories import Factory
+
+    return Factory(app)
+
+
+@pytest.fixture
+def is_postgres(database_url: str) -> bool:
+    return database_url.startswith("postgresql")
+
+
+@pytest.fixture
+def pg(database_url: str) -> str:
+    """Skip (or fail under REKEY_REQUIRE_SERVICES=1) unless the suite runs on PostgreSQL."""
+    from tests.services import need
+
+    need("postgres")
+    assert database_url.startswith("postgresql")
+    return database_url
+
+
+os.environ.setdefault("REKEY_ENV", "test")
