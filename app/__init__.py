@@ -63,8 +63,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     from app.accounts.views import admin_users, auth
     from app.audit.views import blp as audit_blp
+    from app.intake.views import blp as webhooks_blp
+    from app.recovery.views import blp as cases_blp
 
-    for blueprint in (auth, admin_users, audit_blp):
+    for blueprint in (auth, admin_users, audit_blp, cases_blp, webhooks_blp):
         api.register_blueprint(blueprint)
     _register_health(app)
 

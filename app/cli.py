@@ -252,5 +252,58 @@ def audit_verify(tenant_slug: str | None, as_json: bool) -> None:
     sys.exit(1 if broken else 0)
 
 
+@main.group()
+def integration() -> None:
+    """Ticketing and HR systems that post signed webhooks."""
+
+
+@integration.command("create")
+@click.option("--tenant", "tenant_slug", required=True)
+@click.option("--kind", type=click.Choice(["standard", "zendesk", "jira", "hr"]), required=True)
+@click.option("--name", required=True)
+@click.option("--callback-url", default=None, help="Where status callbacks go (standard kind).")
+@click.option("--secret-stdin", is_flag=True,
+              help="Read the signing secret from stdin (vendors that issue their own, e.g. Zendesk).")
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def integration_create(tenant_slug: str, kind: str, name: str, callback_url: str | None,
+                       secret_stdin: bool, as_json: bool) -> None:
+    """Register an integration; prints its webhook URL and signing secret once."""
+    from app.intake.services import create_integration
+    from app.tenants.services import get_tenant_by_slug
+
+    supplied = sys.stdin.readline().strip() if secret_stdin else None
+    created, secret = create_integration(get_tenant_by_slug(tenant_slug), kind=kind, name=name,
+                                         callback_url=callback_url, secret=supplied)
+    url = f"{Settings().public_url.rstrip('/')}/v1/webhooks/{created.id}"
+    _emit({"id": str(created.id), "kind": kind, "name": name, "webhook_url": url, "signing_secret": secret},
+          as_json, f"integration {name} ({kind}) id={created.id}\nwebhook URL: {url}\n"
+          f"signing secret (shown once, store it now): {secret}")
+
+
+@main.command("messages")
+@click.option("--to", default=None, help="Only messages to this address or number.")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def messages(to: str | None, limit: int, as_json: bool) -> None:
+    """What the development channel "sent" (read a verification code in development)."""
+    from integrations.channels.dev import read_messages
+
+    found = read_messages(Settings().dev_outbox, to=to, limit=limit)
+    if as_json:
+        click.echo(json.dumps(found, sort_keys=True, default=str))
+        return
+    for record in found:
+        click.echo(f"{record['sent_at']}  {record['channel']:<5}  to {record['to']}: {record['body']}")
+
+
+@main.command("run")
+def run() -> None:
+    """Web, a Celery worker and beat for development, in the foreground (Ctrl-C stops all)."""
+    from app.devserver import run as run_development
+
+    sys.exit(run_development(Settings()))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -58,6 +58,24 @@ class Settings:
     restricted_session_ttl_seconds: int = field(
         default_factory=lambda: _int("REKEY_RESTRICTED_SESSION_TTL_SECONDS", 900)
     )
+    # Where `rekey run` serves the web process (production binds gunicorn to $PORT instead).
+    host: str = field(default_factory=lambda: _env("REKEY_HOST", "127.0.0.1"))
+    port: int = field(default_factory=lambda: _int("REKEY_PORT", 5000))
+
+    # Where messages go: phones through `dev` or `twilio`, email through `dev` or `smtp`.
+    phone_channel: str = field(default_factory=lambda: _env("REKEY_PHONE_CHANNEL", "dev"))
+    email_channel: str = field(default_factory=lambda: _env("REKEY_EMAIL_CHANNEL", "dev"))
+    dev_outbox: str = field(default_factory=lambda: _env("REKEY_DEV_OUTBOX", str(INSTANCE_DIR / "dev-messages.jsonl")))
+    twilio_account_sid: str = field(default_factory=lambda: _env("REKEY_TWILIO_ACCOUNT_SID", ""))
+    twilio_auth_token: str = field(default_factory=lambda: _env("REKEY_TWILIO_AUTH_TOKEN", ""), repr=False)
+    twilio_from: str = field(default_factory=lambda: _env("REKEY_TWILIO_FROM", ""))
+    twilio_base_url: str = field(default_factory=lambda: _env("REKEY_TWILIO_BASE_URL", "https://api.twilio.com"))
+    smtp_host: str = field(default_factory=lambda: _env("REKEY_SMTP_HOST", ""))
+    smtp_port: int = field(default_factory=lambda: _int("REKEY_SMTP_PORT", 587))
+    smtp_username: str = field(default_factory=lambda: _env("REKEY_SMTP_USERNAME", ""))
+    smtp_password: str = field(default_factory=lambda: _env("REKEY_SMTP_PASSWORD", ""), repr=False)
+    smtp_from: str = field(default_factory=lambda: _env("REKEY_SMTP_FROM", "rekey@localhost"))
+    smtp_starttls: bool = field(default_factory=lambda: _env("REKEY_SMTP_STARTTLS", "1") == "1")
 
     @property
     def is_production(self) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 from flask import Flask, Response, g, jsonify
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 log = structlog.get_logger(__name__)
@@ -144,6 +145,14 @@ def _flatten_locations(messages: Any) -> Any:
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(RekeyError, _from_rekey_error)
     app.register_error_handler(HTTPException, _from_http_exception)
+
+    @app.errorhandler(OperationalError)
+    def _database_unavailable(exc: OperationalError) -> Response:
+        # A lost connection or a busy SQLite file: nothing was committed, and a retry may pass.
+        log.warning("database_unavailable", error=str(exc.orig)[:200])
+        response = error_response(503, "unavailable", "The database is busy or unreachable; retry.")
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:  # pragma: no cover - exercised by fault tests

@@ -15,3 +15,5 @@ from app.accounts.models import (  # noqa: F401
 from app.audit.models import AuditEvent, AuditHead  # noqa: F401
 from app.intake.models import OutboxMessage  # noqa: F401
 from app.tenants.models import Agent, AgentToken, Tenant  # noqa: F401
+from app.intake.models import Integration, WebhookDelivery  # noqa: F401, E402
+from app.recovery.models import Evidence, RecoveryCase, VerificationCall  # noqa: F401, E402

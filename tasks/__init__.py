@@ -11,6 +11,7 @@ from flask import Flask
 from sqlalchemy.exc import OperationalError
 
 from app.config import Settings
+from integrations.base import TransientDeliveryError
 
 # Errors worth another try: the network, a dropped database connection, a peer's 5xx/429
 # (integrations raise TransientError for those). Anything else is a bug or a refusal.
@@ -22,7 +23,7 @@ class TransientError(Exception):
         self.retry_after = retry_after
 
 
-TRANSIENT = (TransientError, requests.ConnectionError, requests.Timeout, OperationalError,
+TRANSIENT = (TransientError, TransientDeliveryError, requests.ConnectionError, requests.Timeout, OperationalError,
              ConnectionError, TimeoutError)
 
 # Every retry countdown stays far below the broker's visibility timeout, and so does the task
@@ -58,6 +59,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_soft_shutdown_timeout": 10,
         "beat_schedule": {
             "relay-outbox": {"task": "rekey.outbox.relay", "schedule": 10.0},
+            "expire-cases": {"task": "rekey.recovery.expire_cases", "schedule": 60.0},
+            "purge-deliveries": {"task": "rekey.intake.purge_deliveries", "schedule": 3600.0},
         },
         "timezone": "UTC",
     }
@@ -95,5 +98,6 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     celery.set_default()
     app.extensions["celery"] = celery
     import tasks.outbox  # noqa: F401  (registers the shared tasks)
+    import tasks.recovery  # noqa: F401
 
     return celery

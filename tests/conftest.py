@@ -64,7 +64,13 @@ def broker_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, broker_url: str) -> Any:
+def dev_outbox(tmp_path_factory: Any) -> Path:
+    """Where the development channel writes what it "sends" during the tests."""
+    return tmp_path_factory.mktemp("dev-channel") / "dev-messages.jsonl"
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, broker_url: str, dev_outbox: Path) -> Any:
     from app.config import Settings
 
     return replace(
@@ -77,6 +83,9 @@ def settings(database_url: str, broker_url: str) -> Any:
         code_pepper="test-pepper",
         secret_key="test-secret",
         log_level="WARNING",
+        dev_outbox=str(dev_outbox),
+        phone_channel="dev",
+        email_channel="dev",
     )
 
 
@@ -99,9 +108,9 @@ def client(app: Any) -> Any:
 
 @pytest.fixture
 def factory(app: Any) -> Any:
-    from tests.factories import Factory
+    from tests.factories import RecoveryFactory
 
-    return Factory(app)
+    return RecoveryFactory(app)
 
 
 @pytest.fixture

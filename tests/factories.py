@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from app.accounts.models import User
@@ -66,3 +66,47 @@ class Factory:
             db.session.refresh(user)
             db.session.expunge(user)
             return user
+
+
+LONG_AGO = datetime(2025, 1, 6, 9, 0, tzinfo=UTC)
+
+
+class RecoveryFactory(Factory):
+    """Builders for recovery tests: integrations, long-standing users, signed requests."""
+
+    def integration(self, tenant: Tenant, kind: str = "standard", **kw: Any) -> tuple[Any, str]:
+        from app.intake.services import create_integration
+
+        with self.app.app_context():
+            integration, secret = create_integration(db.session.get(Tenant, tenant.id), kind=kind,
+                                                     name=f"{kind}-{uuid.uuid4().hex[:6]}", **kw)
+            db.session.commit()
+            db.session.refresh(integration)
+            db.session.expunge(integration)
+            return integration, secret
+
+    def settled_user(self, tenant: Tenant, **kw: Any) -> User:
+        """A user whose email and phone have been on file for a long time (no risk flags)."""
+        kw.setdefault("phones", [(PHONE, LONG_AGO)])
+        kw.setdefault("email_added_at", LONG_AGO)
+        return self.user(tenant, **kw)
+
+    def request_recovery(self, client: Any, integration: Any, secret: str, email: str, *,
+                         text: str = "I lost my phone and cannot sign in.",
+                         msg_id: str | None = None) -> Any:
+        from tests.signing import body_of, standard_headers
+
+        body = body_of({"type": "recovery.requested", "timestamp": datetime.now(UTC).isoformat(),
+                        "data": {"user_email": email, "ticket_id": f"T-{uuid.uuid4().hex[:6]}",
+                                 "requester_email": email, "subject": "Lost phone", "text": text}})
+        return client.post(f"/v1/webhooks/{integration.id}", data=body,
+                           headers=standard_headers(secret, body, msg_id=msg_id))
+
+    def run_screen(self, case_id: str) -> str:
+        """What the screen task does, run in-process (the worker tests run the real thing)."""
+        from app.recovery.cases import screen_case
+
+        with self.app.app_context():
+            case = screen_case(uuid.UUID(case_id))
+            db.session.commit()
+            return case.state if case else "missing"

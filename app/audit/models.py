@@ -36,6 +36,7 @@ class AuditAction(StrEnum):
     AGENT_CREATED = "agent.created"
     AUDIT_EXPORTED = "audit.exported"
     INTEGRATION_CREATED = "integration.created"
+    INTEGRATION_SECRET_ROTATED = "integration.secret_rotated"
     SECURITY_INCIDENT_OPENED = "security.incident_opened"
     RECOVERY_REQUESTED = "recovery.requested"
     RECOVERY_ESCALATED = "recovery.escalated"
@@ -48,6 +49,8 @@ class AuditAction(StrEnum):
     RECOVERY_VERIFICATION_CALL_PLACED = "recovery.verification_call_placed"
     RECOVERY_VERIFICATION_CALL_FAILED = "recovery.verification_call_failed"
     RECOVERY_VERIFIED = "recovery.verified"
+    RECOVERY_VERIFICATION_CODE_REJECTED = "recovery.verification_code_rejected"
+    RECOVERY_SENIOR_ADMINS_NOTIFIED = "recovery.senior_admins_notified"
 
 
 class AuditEvent(db.Model):  # type: ignore[name-defined]

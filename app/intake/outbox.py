@@ -85,3 +85,24 @@ def install(session_class: type[Session]) -> None:
         event.listen(session_class, "after_commit", _after_commit)
         # A rolled-back row is never published anyway (the publisher reads committed rows).
         event.listen(session_class, "after_rollback", _after_rollback)
+
+
+def claim_effect(key: str) -> bool:
+    """Claim the effect `key` for this transaction; False if it already happened.
+
+    Call it before the effect. A concurrent claimant blocks on the primary key until this
+    transaction ends, then sees the claim (or takes it, if this one rolled back).
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    from app.intake.models import Effect
+
+    if db.session.get(Effect, key) is not None:
+        return False
+    db.session.add(Effect(key=key, created_at=utcnow()))
+    try:
+        db.session.flush()
+    except IntegrityError:
+        db.session.rollback()
+        return False
+    return True

@@ -1,0 +1,323 @@
+"""Opening, screening and moving recovery cases. Every transition is one call here, allowed
+only from the states listed, under a row lock on the case, with its audit event."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from app.accounts.models import User
+from app.accounts.services import find_user_by_email, normalize_email
+from app.actor import Actor
+from app.audit.models import AuditAction
+from app.audit.services import record_event
+from app.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from app.extensions import db, utcnow
+from app.intake.outbox import enqueue
+from app.recovery import models as m
+from app.recovery.models import RecoveryCase
+from app.recovery.risk import screen
+from app.tenants.models import Tenant
+
+REFUSAL_TRIGGERS = ("unverifiable", "urgency", "unusual_activity", "agent_judgement")
+
+# action -> the states it may start from. The runbook's order is enforced here and nowhere else.
+ALLOWED_FROM: dict[str, tuple[str, ...]] = {
+    "screen": (m.RECEIVED,),
+    "record_evidence": (m.AWAITING_VERIFICATION, m.VERIFIED),
+    "place_verification_call": (m.AWAITING_VERIFICATION,),
+    "confirm_verification_call": (m.AWAITING_VERIFICATION, m.VERIFIED),
+    "escalate": (m.RECEIVED, m.AWAITING_VERIFICATION, m.VERIFIED, m.AWAITING_ENROLMENT),
+    "refuse": (m.RECEIVED, m.AWAITING_VERIFICATION, m.VERIFIED, m.AWAITING_ENROLMENT, m.ESCALATED),
+    "resume": (m.ESCALATED,),
+    "reopen": (m.REFUSED, m.EXPIRED),
+    "expire": (m.AWAITING_VERIFICATION,),
+}
+SENIOR_ONLY = {"resume", "reopen"}
+
+
+class StateConflict(Conflict):
+    code = "invalid_state"
+
+
+class CaseEscalated(Forbidden):
+    code = "case_escalated"
+
+
+def allowed_actions(case: RecoveryCase, actor: Actor) -> list[str]:
+    """What this actor may do to the case now (shown on the case, and in 409s)."""
+    if case.state == m.ESCALATED and not actor.is_senior_admin:
+        return []
+    return sorted(a for a, states in ALLOWED_FROM.items()
+                  if case.state in states and a not in ("screen", "expire")
+                  and (a not in SENIOR_ONLY or actor.is_senior_admin))
+
+
+def require(case: RecoveryCase, action: str, actor: Actor) -> None:
+    """Refuse an action the case's state or the actor's role does not allow."""
+    if case.state == m.ESCALATED and actor.type == "agent" and not actor.is_senior_admin:
+        raise CaseEscalated("The case is escalated; only a senior admin may act on it.",
+                            details={"state": case.state})
+    if action in SENIOR_ONLY and not actor.is_senior_admin:
+        raise Forbidden("Only a senior admin may do this.", details={"action": action})
+    if case.state not in ALLOWED_FROM[action]:
+        raise StateConflict(
+            f"Cannot {action.replace('_', ' ')} a case that is {case.state}.",
+            details={"state": case.state, "allowed_from": list(ALLOWED_FROM[action]),
+                     "allowed_actions": allowed_actions(case, actor)},
+        )
+
+
+def load_case(actor: Actor, case_id: uuid.UUID | str, *, lock: bool = False) -> RecoveryCase:
+    """The actor's tenant's case; another tenant's id is NotFound."""
+    try:
+        cid = case_id if isinstance(case_id, uuid.UUID) else uuid.UUID(str(case_id))
+    except ValueError as exc:
+        raise NotFound("No such case.") from exc
+    stmt = select(RecoveryCase).where(RecoveryCase.id == cid, RecoveryCase.tenant_id == actor.tenant_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    case = db.session.scalars(stmt).first()
+    if case is None:
+        raise NotFound("No such case.")
+    return case
+
+
+def _move(case: RecoveryCase, state: str) -> None:
+    case.state, case.updated_at = state, utcnow()
+    if state in (m.CLOSED, m.REFUSED, m.EXPIRED):
+        case.closed_at = case.updated_at
+
+
+# --- intake ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecoveryRequest:
+    user_email: str | None
+    external_user_id: str | None
+    ticket_id: str | None
+    requester_email: str | None
+    subject: str | None
+    text: str | None
+
+
+def _find_user(tenant: Tenant, request: RecoveryRequest) -> tuple[User | None, str | None]:
+    email = None
+    if request.user_email:
+        try:
+            email = normalize_email(request.user_email)
+        except ValidationFailed:
+            email = None
+    user = find_user_by_email(tenant.id, email) if email else None
+    if user is None and request.external_user_id:
+        user = db.session.scalars(select(User).where(
+            User.tenant_id == tenant.id, User.external_id == request.external_user_id)).first()
+    return user, email or (request.user_email or "")[:320].lower() or None
+
+
+def open_case(tenant: Tenant, actor: Actor, request: RecoveryRequest, *,
+              integration_id: uuid.UUID | None) -> tuple[RecoveryCase, bool]:
+    """Open a case for the request, or join the user's open one; returns (case, joined).
+
+    The answer looks the same whether or not the account exists: an unknown email gets a case
+    (refused as unverifiable by the screen), and repeats for it join that case like a real one.
+    """
+    user, email = _find_user(tenant, request)
+    existing = None
+    if user is not None:
+        existing = db.session.scalars(select(RecoveryCase).where(
+            RecoveryCase.user_id == user.id, RecoveryCase.state.in_(m.OPEN_STATES)).with_for_update()).first()
+    elif email:
+        existing = db.session.scalars(select(RecoveryCase).where(
+            RecoveryCase.tenant_id == tenant.id, RecoveryCase.user_id.is_(None),
+            RecoveryCase.requested_email == email,
+            RecoveryCase.opened_at >= utcnow() - timedelta(hours=int(tenant.setting("verification_ttl_hours"))),
+        ).with_for_update()).first()
+    if existing is not None:
+        existing.requests += 1
+        existing.updated_at = utcnow()
+        record_event(actor, AuditAction.RECOVERY_REQUESTED, tenant_id=tenant.id,
+                     target_user_id=existing.user_id, case_id=existing.id,
+                     details={"joined": True, "ticket_id": request.ticket_id})
+        return existing, True
+    case = RecoveryCase(
+        id=uuid.uuid4(), tenant_id=tenant.id, user_id=user.id if user else None, requested_email=email,
+        state=m.RECEIVED, integration_id=integration_id, ticket_id=request.ticket_id,
+        requester_email=(request.requester_email or "")[:320].lower() or None,
+        subject=(request.subject or "")[:500] or None, text=(request.text or "")[:10_000] or None,
+        opened_at=utcnow(), flags=[],
+    )
+    db.session.add(case)
+    db.session.flush()
+    record_event(actor, AuditAction.RECOVERY_REQUESTED, tenant_id=tenant.id, target_user_id=case.user_id,
+                 case_id=case.id, details={"joined": False, "ticket_id": request.ticket_id,
+                                           "integration_id": str(integration_id) if integration_id else None})
+    # The screen runs in a task, so a broker outage delays it and loses nothing.
+    enqueue("rekey.recovery.screen_case", case_id=str(case.id))
+    return case, False
+
+
+def screen_case(case_id: uuid.UUID) -> RecoveryCase | None:
+    """Apply the risk screen to a newly received case (a no-op once it has been screened)."""
+    case = db.session.scalars(select(RecoveryCase).where(RecoveryCase.id == case_id).with_for_update()).first()
+    if case is None or case.state != m.RECEIVED:
+        return case
+    tenant = db.session.get(Tenant, case.tenant_id)
+    assert tenant is not None
+    system = Actor.system(case.tenant_id)
+    user = db.session.get(User, case.user_id) if case.user_id else None
+    if user is None:
+        _refuse(system, case, "unverifiable", "The request names no account that can be verified.")
+        return case
+    result = screen(tenant, case, user)
+    if result.refuse:
+        _refuse(system, case, result.refuse, "Unusual recent sign-in activity on the account.",
+                facts=result.facts)
+        enqueue("rekey.recovery.notify_senior_admins", case_id=str(case.id))
+    elif result.escalate:
+        _escalate(system, case, result.escalate, "Risk screen: " + ", ".join(result.escalate),
+                  facts=result.facts)
+        case.state_before_escalation = m.AWAITING_VERIFICATION
+        case.verification_expires_at = utcnow() + timedelta(hours=int(tenant.setting("verification_ttl_hours")))
+    else:
+        _move(case, m.AWAITING_VERIFICATION)
+        case.verification_expires_at = utcnow() + timedelta(hours=int(tenant.setting("verification_ttl_hours")))
+    return case
+
+
+# --- transitions ----------------------------------------------------------------------------
+
+
+def _refuse(actor: Actor, case: RecoveryCase, trigger: str, reason: str, *,
+            facts: dict[str, Any] | None = None) -> None:
+    previous = case.state
+    case.refusal_trigger = trigger
+    if trigger not in case.flags:
+        case.flags = [*case.flags, trigger]
+    _move(case, m.REFUSED)
+    record_event(actor, AuditAction.RECOVERY_REFUSED, tenant_id=case.tenant_id, target_user_id=case.user_id,
+                 case_id=case.id, reason=reason,
+                 details={"trigger": trigger, "from_state": previous, **(facts or {})})
+
+
+def _escalate(actor: Actor, case: RecoveryCase, flags: list[str], reason: str, *,
+              facts: dict[str, Any] | None = None) -> None:
+    previous = case.state
+    case.state_before_escalation = previous
+    case.flags = sorted(set(case.flags) | set(flags))
+    _move(case, m.ESCALATED)
+    record_event(actor, AuditAction.RECOVERY_ESCALATED, tenant_id=case.tenant_id, target_user_id=case.user_id,
+                 case_id=case.id, reason=reason,
+                 details={"flags": flags, "from_state": previous, **(facts or {})})
+
+
+def refuse_case(actor: Actor, case_id: uuid.UUID | str, *, trigger: str, reason: str) -> RecoveryCase:
+    """Refuse the case with one of the runbook's triggers."""
+    if trigger not in REFUSAL_TRIGGERS:
+        raise ValidationFailed("Unknown refusal trigger.", details={"allowed": list(REFUSAL_TRIGGERS)})
+    case = load_case(actor, case_id, lock=True)
+    require(case, "refuse", actor)
+    _refuse(actor, case, trigger, reason)
+    return case
+
+
+def escalate_case(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> RecoveryCase:
+    """Hand the case to a senior admin (an agent's gut says no, or a signal appeared)."""
+    case = load_case(actor, case_id, lock=True)
+    require(case, "escalate", actor)
+    _escalate(actor, case, ["agent_escalation"], reason)
+    return case
+
+
+def resume_case(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> RecoveryCase:
+    """A senior admin lets an escalated case continue where it was."""
+    case = load_case(actor, case_id, lock=True)
+    require(case, "resume", actor)
+    target = case.state_before_escalation
+    if target not in (m.AWAITING_VERIFICATION, m.VERIFIED, m.AWAITING_ENROLMENT):
+        target = m.AWAITING_VERIFICATION
+    if target == m.AWAITING_VERIFICATION:
+        _renew_ttl(case)
+    _move(case, target)
+    record_event(actor, AuditAction.RECOVERY_RESUMED, tenant_id=case.tenant_id, target_user_id=case.user_id,
+                 case_id=case.id, reason=reason, details={"to_state": target, "flags": case.flags})
+    return case
+
+
+def reopen_case(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> RecoveryCase:
+    """A senior admin reopens a refused or expired case; verification starts again."""
+    case = load_case(actor, case_id, lock=True)
+    require(case, "reopen", actor)
+    if case.user_id is None:
+        raise StateConflict("A case for an unknown account cannot be reopened.", details={"state": case.state})
+    busy = db.session.scalars(select(RecoveryCase.id).where(
+        RecoveryCase.user_id == case.user_id, RecoveryCase.state.in_(m.OPEN_STATES))).first()
+    if busy is not None:
+        raise StateConflict("The user has another open case.", details={"open_case_id": str(busy)})
+    previous = case.state
+    _renew_ttl(case)
+    case.closed_at = None
+    _move(case, m.AWAITING_VERIFICATION)
+    record_event(actor, AuditAction.RECOVERY_REOPENED, tenant_id=case.tenant_id, target_user_id=case.user_id,
+                 case_id=case.id, reason=reason, details={"from_state": previous})
+    return case
+
+
+def _renew_ttl(case: RecoveryCase) -> None:
+    tenant = db.session.get(Tenant, case.tenant_id)
+    assert tenant is not None
+    case.verification_expires_at = utcnow() + timedelta(hours=int(tenant.setting("verification_ttl_hours")))
+
+
+def expire_overdue(limit: int = 500) -> int:
+    """Refuse, as expired, every unverified case past its TTL (the beat runs this)."""
+    stmt = (select(RecoveryCase).where(RecoveryCase.state == m.AWAITING_VERIFICATION,
+                                       RecoveryCase.verification_expires_at < utcnow()).limit(limit))
+    if db.engine.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    count = 0
+    for case in db.session.scalars(stmt).all():
+        case.refusal_trigger = "unverifiable"
+        _move(case, m.EXPIRED)
+        record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_EXPIRED, tenant_id=case.tenant_id,
+                     target_user_id=case.user_id, case_id=case.id,
+                     reason="Not verified before the case's time limit.", details={"trigger": "unverifiable"})
+        count += 1
+    return count
+
+
+def ensure_reason(reason: str | None) -> str:
+    """Every destructive or deciding action carries a reason into the audit trail."""
+    if not reason or not reason.strip():
+        raise ValidationFailed("A reason is required.", details={"field": "reason"})
+    return reason.strip()
+
+
+
+def notify_senior_admins(case_id: uuid.UUID) -> int:
+    """Tell the tenant's senior admins a case was refused for unusual activity (the runbook's
+    escalation). Once per case: a second run finds the effect claimed and sends nothing."""
+    from app.intake.outbox import claim_effect
+    from app.messaging import send
+    from app.tenants.models import Agent
+
+    case = db.session.get(RecoveryCase, case_id)
+    if case is None or not claim_effect(f"case:{case_id}:notify_senior_admins"):
+        return 0
+    admins = db.session.scalars(select(Agent).where(
+        Agent.tenant_id == case.tenant_id, Agent.role == "senior_admin", Agent.active.is_(True))).all()
+    body = (f"Recovery case {case.id} was refused automatically ({case.refusal_trigger}). "
+            f"Flags: {', '.join(case.flags) or 'none'}. Review it in the admin console; "
+            "only a senior admin may reopen it.")
+    for admin in admins:
+        send("email", admin.email, subject="Rekey: recovery refused for unusual activity", body=body,
+             key=f"case:{case.id}:notify:{admin.id}")
+    record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_SENIOR_ADMINS_NOTIFIED,
+                 tenant_id=case.tenant_id, target_user_id=case.user_id, case_id=case.id,
+                 details={"admins": len(admins), "trigger": case.refusal_trigger})
+    return len(admins)

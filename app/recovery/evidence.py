@@ -1,0 +1,360 @@
+"""Step 1 of the runbook: out-of-band verification evidence, and Rekey's own callback to a
+known number. A case is verified only by acceptable evidence; phishing-trivial evidence is
+refused with the runbook's reason, and the attempt is audited."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import select, update
+
+from app.accounts.models import Channel, FederatedIdentity, User
+from app.actor import Actor
+from app.audit.models import AuditAction
+from app.audit.services import record_event
+from app.crypto import encrypt
+from app.errors import NotFound, RuleRefused
+from app.extensions import db, utcnow
+from app.intake.outbox import enqueue
+from app.recovery import models as m
+from app.recovery.cases import _move, load_case, require
+from app.recovery.models import Evidence, RecoveryCase, VerificationCall
+from app.tenants.models import Agent, Tenant
+
+ACCEPTABLE = ("video_call", "known_number_callback", "hr_attestation", "federated_signin")
+# The runbook's "NOT acceptable verification", with its reasons.
+REFUSED_TYPES = {
+    "email_match": "Matching an email address is phishing-trivial: anyone can say it.",
+    "knowledge_based": "Knowledge-based answers (birthday, SSN digits) are widely known; attackers find them.",
+    "recovery_email_code": "If the user's email is compromised, the attacker reads the code.",
+    "chat_message": "Chat accounts are stolen; a message claiming to be the user is not out-of-band.",
+}
+# Only Rekey's own machinery may record these; an agent's say-so is not the evidence.
+SYSTEM_ONLY = {"known_number_callback": "recorded by confirming a verification call",
+               "hr_attestation": "recorded from a signed HR integration webhook"}
+CODE_TTL = timedelta(minutes=10)
+CODE_ATTEMPTS = 5
+
+
+class UnacceptableEvidence(RuleRefused):
+    code = "unacceptable_evidence"
+    keep_changes = True  # the rejected attempt is audited
+
+
+class ChannelTooNew(RuleRefused):
+    code = "channel_too_new"
+
+
+class InvalidVerificationCode(RuleRefused):
+    code = "invalid_code"
+    keep_changes = True  # the attempt counter must survive the refusal
+
+
+def _reject(actor: Actor, case: RecoveryCase, type_: str, reason: str, message: str,
+            details: dict[str, Any] | None = None) -> UnacceptableEvidence:
+    db.session.add(Evidence(tenant_id=case.tenant_id, case_id=case.id, type=type_[:40], accepted=False,
+                            details=details or {}, rejection_reason=message, recorded_by_type=actor.type,
+                            recorded_by_id=actor.id, reason=reason))
+    record_event(actor, AuditAction.RECOVERY_EVIDENCE_REJECTED, tenant_id=case.tenant_id,
+                 target_user_id=case.user_id, case_id=case.id, reason=reason,
+                 details={"type": type_[:40], "rejection": message})
+    return UnacceptableEvidence(message, details={"type": type_[:40], "reason": message})
+
+
+def _check_video_call(actor: Actor, user: User, details: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    result = details.get("result")
+    if result != "match":
+        return f"A video call with result {result!r} does not verify (only 'match' does).", {}
+    if details.get("matched_against") not in ("hr_photo", "government_id"):
+        return "A video call must be matched against the HR photo or a government ID.", {}
+    reference = details.get("reference")
+    if not isinstance(reference, str) or not reference.strip():
+        return "A video call needs a reference (ticket, recording-free log entry).", {}
+    if actor.type == "agent":
+        agent = db.session.get(Agent, uuid.UUID(actor.id or ""))
+        if agent is not None and agent.email == user.email:
+            return "An agent cannot verify their own account.", {}
+    return None, {"result": "match", "matched_against": details["matched_against"],
+                  "reference": reference.strip()[:200]}
+
+
+def _check_federated(case: RecoveryCase, user: User, details: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    issuer, subject, at = details.get("issuer"), details.get("subject"), details.get("signed_in_at")
+    if not (isinstance(issuer, str) and isinstance(subject, str) and isinstance(at, str)):
+        return "A federated sign-in needs issuer, subject and signed_in_at.", {}
+    try:
+        signed_in = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        return "signed_in_at is not an ISO 8601 time.", {}
+    if signed_in.tzinfo is None:
+        signed_in = signed_in.replace(tzinfo=UTC)
+    identity = db.session.scalars(select(FederatedIdentity).where(
+        FederatedIdentity.user_id == user.id, FederatedIdentity.issuer == issuer,
+        FederatedIdentity.subject == subject)).first()
+    # The stored issuer+subject must match: an email match is not enough (Okta 2023 incident).
+    if identity is None:
+        return "No federated identity with that issuer and subject is linked to the user.", {}
+    if identity.linked_at >= case.opened_at:
+        return "The federated identity was linked after the case opened.", {}
+    if not case.opened_at <= signed_in <= utcnow():
+        return "The federated sign-in must happen after the case opened (and not in the future).", {}
+    return None, {"identity_id": str(identity.id), "issuer": issuer, "signed_in_at": signed_in.isoformat()}
+
+
+def record_evidence(actor: Actor, case_id: uuid.UUID | str, *, type_: str, details: dict[str, Any],
+                    reason: str) -> Evidence:
+    """Record evidence an agent collected; refuse the unacceptable with the runbook's reason."""
+    case = load_case(actor, case_id, lock=True)
+    require(case, "record_evidence", actor)
+    user = db.session.get(User, case.user_id) if case.user_id else None
+    if type_ in REFUSED_TYPES:
+        raise _reject(actor, case, type_, reason, REFUSED_TYPES[type_])
+    if type_ not in ACCEPTABLE:
+        raise _reject(actor, case, type_, reason, "Unknown evidence type; only out-of-band verification counts.")
+    if type_ in SYSTEM_ONLY:
+        raise _reject(actor, case, type_, reason, f"{type_} is {SYSTEM_ONLY[type_]}, not entered by hand.")
+    assert user is not None  # cases without a user are refused before they can take evidence
+    problem, kept = (_check_video_call(actor, user, details) if type_ == "video_call"
+                     else _check_federated(case, user, details))
+    if problem:
+        raise _reject(actor, case, type_, reason, problem)
+    return accept_evidence(actor, case, type_, kept, reason)
+
+
+def accept_evidence(actor: Actor, case: RecoveryCase, type_: str, details: dict[str, Any],
+                    reason: str | None) -> Evidence:
+    """Store acceptable evidence and verify the case once the tenant's policy is met."""
+    evidence = Evidence(tenant_id=case.tenant_id, case_id=case.id, type=type_, accepted=True, details=details,
+                        recorded_by_type=actor.type, recorded_by_id=actor.id, reason=reason)
+    db.session.add(evidence)
+    db.session.flush()
+    record_event(actor, AuditAction.RECOVERY_EVIDENCE_RECORDED, tenant_id=case.tenant_id,
+                 target_user_id=case.user_id, case_id=case.id, reason=reason,
+                 details={"evidence_id": str(evidence.id), "type": type_, **details})
+    if case.state == m.AWAITING_VERIFICATION and evidence_sufficient(case):
+        case.verified_at = utcnow()
+        _move(case, m.VERIFIED)
+        record_event(actor, AuditAction.RECOVERY_VERIFIED, tenant_id=case.tenant_id, target_user_id=case.user_id,
+                     case_id=case.id, reason=reason, details={"types": accepted_types(case)})
+    return evidence
+
+
+def accepted_types(case: RecoveryCase) -> list[str]:
+    return sorted(set(db.session.scalars(select(Evidence.type).where(
+        Evidence.case_id == case.id, Evidence.accepted.is_(True))).all()))
+
+
+def required_types(case: RecoveryCase) -> int:
+    """How many independent acceptable types this case needs (tenant policy)."""
+    tenant = db.session.get(Tenant, case.tenant_id)
+    user = db.session.get(User, case.user_id) if case.user_id else None
+    assert tenant is not None
+    if tenant.setting("strict_two_evidence_types"):
+        return 2
+    if user is not None and user.privileged and tenant.setting("privileged_requires_two_evidence_types"):
+        return 2
+    return 1
+
+
+def evidence_sufficient(case: RecoveryCase) -> bool:
+    return len(accepted_types(case)) >= required_types(case)
+
+
+# --- verification calls to a known number ---------------------------------------------------
+
+
+def _code_digest(call_id: uuid.UUID, code: str) -> str:
+    pepper = current_app.extensions["rekey.settings"].code_pepper.encode()
+    return hmac.new(pepper, f"{call_id}:{code}".encode(), hashlib.sha256).hexdigest()
+
+
+def _start_of_day(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def eligible_channels(case: RecoveryCase) -> list[Channel]:
+    """Phones on the account since before the start of the day the case opened (UTC)."""
+    cutoff = _start_of_day(case.opened_at)
+    return list(db.session.scalars(select(Channel).where(
+        Channel.user_id == case.user_id, Channel.kind == "phone", Channel.removed_at.is_(None),
+        Channel.added_at < cutoff)).all())
+
+
+def place_verification_call(actor: Actor, case_id: uuid.UUID | str, *, channel_id: str,
+                            method: str) -> VerificationCall:
+    """Send a one-time code to a phone that predates the case; the agent never types a number."""
+    case = load_case(actor, case_id, lock=True)
+    require(case, "place_verification_call", actor)
+    try:
+        channel = db.session.get(Channel, uuid.UUID(str(channel_id)))
+    except ValueError:
+        channel = None
+    if channel is None or channel.user_id != case.user_id or channel.kind != "phone" or channel.removed_at:
+        raise NotFound("No such phone channel on this user.")
+    if channel.added_at >= _start_of_day(case.opened_at):
+        raise ChannelTooNew(
+            "This number was added on or after the day the case opened; it could be the attacker's.",
+            details={"channel_id": str(channel.id), "added_at": channel.added_at.isoformat()})
+    # A new call supersedes any earlier pending one, so only one code is live at a time.
+    db.session.execute(update(VerificationCall).where(
+        VerificationCall.case_id == case.id, VerificationCall.status.in_(("pending", "sent"))
+    ).values(status="expired", code_encrypted=None).execution_options(synchronize_session=False))
+    call_id = uuid.uuid4()
+    code = f"{secrets.randbelow(10**8):08d}"
+    call = VerificationCall(id=call_id, tenant_id=case.tenant_id, case_id=case.id, channel_id=channel.id,
+                            method=method, status="pending", code_digest=_code_digest(call_id, code),
+                            code_encrypted=encrypt(code), attempts=0, max_attempts=CODE_ATTEMPTS,
+                            placed_by=actor.id or actor.type, created_at=utcnow(),
+                            expires_at=utcnow() + CODE_TTL)
+    db.session.add(call)
+    db.session.flush()
+    record_event(actor, AuditAction.RECOVERY_VERIFICATION_CALL_PLACED, tenant_id=case.tenant_id,
+                 target_user_id=case.user_id, case_id=case.id,
+                 details={"call_id": str(call.id), "channel_id": str(channel.id), "method": method})
+    enqueue("rekey.recovery.send_verification_code", call_id=str(call.id))
+    return call
+
+
+def confirm_verification_call(actor: Actor, case_id: uuid.UUID | str, call_id: str, code: str) -> VerificationCall:
+    """Check the code the user read back; five wrong tries lock the call."""
+    case = load_case(actor, case_id, lock=True)
+    require(case, "confirm_verification_call", actor)
+    try:
+        call = db.session.get(VerificationCall, uuid.UUID(str(call_id)), with_for_update=True)
+    except ValueError:
+        call = None
+    if call is None or call.case_id != case.id:
+        raise NotFound("No such verification call on this case.")
+    if call.status in ("pending", "sent") and call.expires_at <= utcnow():
+        call.status, call.code_encrypted = "expired", None
+    if call.status not in ("pending", "sent"):
+        raise InvalidVerificationCode(f"This verification call is {call.status}; place a new one.",
+                                      details={"status": call.status, "attempts_left": 0})
+    call.attempts += 1
+    if not hmac.compare_digest(call.code_digest, _code_digest(call.id, code.strip())):
+        left = call.max_attempts - call.attempts
+        if left <= 0:
+            call.status, call.code_encrypted = "locked", None
+        record_event(actor, AuditAction.RECOVERY_VERIFICATION_CODE_REJECTED, tenant_id=case.tenant_id,
+                     target_user_id=case.user_id, case_id=case.id,
+                     details={"call_id": str(call.id), "attempts": call.attempts, "locked": left <= 0})
+        raise InvalidVerificationCode("The code is not correct.",
+                                      details={"attempts_left": max(left, 0), "status": call.status})
+    call.status, call.verified_at, call.code_encrypted = "verified", utcnow(), None
+    accept_evidence(actor, case, "known_number_callback",
+                    {"call_id": str(call.id), "channel_id": str(call.channel_id), "method": call.method},
+                    reason="Code read back from a known number")
+    return call
+
+
+
+
+# --- arriving by webhook ----------------------------------------------------------------------
+
+
+def record_hr_attestation(tenant: Tenant, integration: Any, actor: Actor, data: dict[str, Any]) -> RecoveryCase:
+    """The manager/HR corroboration of runbook step 1, from a signed HR integration of the
+    case's own tenant. The voucher must not be the user (nor the requester)."""
+    from app.accounts.services import find_user_by_email, normalize_email
+    from app.errors import ValidationFailed
+
+    if integration.kind != "hr":
+        raise UnacceptableEvidence("Only an HR integration may attest.", details={"kind": integration.kind})
+    case = None
+    if data.get("case_id"):
+        try:
+            case = db.session.scalars(select(RecoveryCase).where(
+                RecoveryCase.id == uuid.UUID(str(data["case_id"])),
+                RecoveryCase.tenant_id == tenant.id).with_for_update()).first()
+        except ValueError:
+            case = None
+    elif data.get("user_email"):
+        try:
+            user = find_user_by_email(tenant.id, normalize_email(str(data["user_email"])))
+        except ValidationFailed:
+            user = None
+        if user is not None:
+            case = db.session.scalars(select(RecoveryCase).where(
+                RecoveryCase.user_id == user.id, RecoveryCase.state.in_(m.OPEN_STATES)).with_for_update()).first()
+    if case is None:
+        # Another tenant's case id lands here too: it does not exist for this integration.
+        raise NotFound("No open case matches the attestation.")
+    require(case, "record_evidence", actor)
+    user = db.session.get(User, case.user_id) if case.user_id else None
+    assert user is not None
+    try:
+        voucher = normalize_email(str(data.get("voucher_email") or ""))
+    except ValidationFailed:
+        voucher = ""
+    relation = data.get("relation")
+    reason = f"HR attestation {data.get('reference') or ''}".strip()
+    if not voucher or relation not in ("manager", "hr"):
+        raise _reject(actor, case, "hr_attestation", reason,
+                      "The attestation must name a voucher who is the user's manager or HR.")
+    if voucher in (user.email, case.requester_email):
+        raise _reject(actor, case, "hr_attestation", reason,
+                      "The voucher is the user (or the requester); nobody vouches for themselves.")
+    accept_evidence(actor, case, "hr_attestation",
+                    {"voucher_email": voucher, "relation": relation,
+                     "reference": str(data.get("reference") or "")[:200],
+                     "integration_id": str(integration.id)}, reason)
+    return case
+
+
+def record_callback_result(tenant: Tenant, actor: Actor, data: dict[str, Any]) -> VerificationCall:
+    """A provider's report on a verification call: delivered, answered, or failed."""
+    try:
+        call = db.session.scalars(select(VerificationCall).where(
+            VerificationCall.id == uuid.UUID(str(data.get("call_id"))),
+            VerificationCall.tenant_id == tenant.id).with_for_update()).first()
+    except ValueError:
+        call = None
+    if call is None:
+        raise NotFound("No such verification call.")
+    status = str(data.get("status") or "")
+    if status in ("failed", "no_answer") and call.status in ("pending", "sent"):
+        call.status, call.code_encrypted = "failed", None
+        record_event(actor, AuditAction.RECOVERY_VERIFICATION_CALL_FAILED, tenant_id=tenant.id,
+                     case_id=call.case_id, details={"call_id": str(call.id), "provider_status": status})
+    elif status in ("delivered", "answered") and call.status == "pending":
+        call.status = "sent"
+    return call
+
+
+def deliver_verification_code(call_id: uuid.UUID) -> VerificationCall | None:
+    """Send the call's code to its phone (the task's one service call). Safe to run twice: only
+    a pending call is sent, and the provider dedupes on the call id as idempotency key."""
+    from app.crypto import decrypt
+    from app.messaging import send
+    from integrations.base import PermanentDeliveryError
+
+    call = db.session.get(VerificationCall, call_id, with_for_update=True)
+    if call is None or call.status != "pending" or call.code_encrypted is None:
+        return call
+    if call.expires_at <= utcnow():
+        call.status, call.code_encrypted = "expired", None
+        return call
+    channel = db.session.get(Channel, call.channel_id)
+    assert channel is not None
+    code = decrypt(call.code_encrypted)
+    spaced = " ".join(code) if call.method == "voice" else code
+    body = (f"Your account recovery code is {spaced}. Read it to the support agent who called you. "
+            "Nobody else needs it, and support will never ask you for a sign-in code.")
+    try:
+        sent = send("phone", channel.value, subject="Account recovery code", body=body,
+                    key=f"verification-call:{call.id}", method=call.method)
+    except PermanentDeliveryError as exc:
+        call.status, call.code_encrypted = "failed", None
+        record_event(Actor.system(call.tenant_id), AuditAction.RECOVERY_VERIFICATION_CALL_FAILED,
+                     tenant_id=call.tenant_id, case_id=call.case_id,
+                     details={"call_id": str(call.id), "error": type(exc).__name__})
+        return call
+    # The code now lives only with the user; keep just its digest.
+    call.status, call.sent_at, call.provider_id, call.code_encrypted = "sent", utcnow(), sent.provider_id, None
+    return call

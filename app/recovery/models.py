@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.extensions import JSONType, UTCDateTime, db, new_id, utcnow
+
+# The runbook's states (DESIGN.md, "The recovery case").
+RECEIVED = "received"
+AWAITING_VERIFICATION = "awaiting_verification"
+VERIFIED = "verified"
+AWAITING_ENROLMENT = "awaiting_enrolment"
+RECOVERED = "recovered"
+CLOSED = "closed"
+ESCALATED = "escalated"
+REFUSED = "refused"
+SUSPECTED_ATTACK = "suspected_attack"
+EXPIRED = "expired"
+
+STATES = (RECEIVED, AWAITING_VERIFICATION, VERIFIED, AWAITING_ENROLMENT, RECOVERED, CLOSED,
+          ESCALATED, REFUSED, SUSPECTED_ATTACK, EXPIRED)
+# A user has at most one case in these states; a second request joins it.
+OPEN_STATES = (RECEIVED, AWAITING_VERIFICATION, VERIFIED, AWAITING_ENROLMENT, RECOVERED, ESCALATED,
+               SUSPECTED_ATTACK)
+_OPEN_SQL = "state IN (" + ", ".join(f"'{s}'" for s in OPEN_STATES) + ")"
+
+
+class RecoveryCase(db.Model):  # type: ignore[name-defined]
+    """One request for one user to regain access."""
+
+    __tablename__ = "recovery_cases"
+    __table_args__ = (
+        # The database itself keeps "one open case per user", also under concurrent intake.
+        Index("uq_recovery_cases_open_user", "user_id", unique=True,
+              postgresql_where=text(_OPEN_SQL), sqlite_where=text(_OPEN_SQL)),
+        Index("ix_recovery_cases_tenant_state", "tenant_id", "state"),
+        Index("ix_recovery_cases_tenant_email", "tenant_id", "requested_email"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    # None when the request named no account we know: the case exists (so the caller learns
+    # nothing) and is refused as unverifiable by the screen.
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    requested_email: Mapped[str | None] = mapped_column(String(320))
+    state: Mapped[str] = mapped_column(String(32), default=RECEIVED)
+    state_before_escalation: Mapped[str | None] = mapped_column(String(32))
+    flags: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    refusal_trigger: Mapped[str | None] = mapped_column(String(32))
+    integration_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("integrations.id"))
+    ticket_id: Mapped[str | None] = mapped_column(String(200))
+    requester_email: Mapped[str | None] = mapped_column(String(320))
+    subject: Mapped[str | None] = mapped_column(String(500))
+    # Ticket text is kept only to screen it for pressure language and to show the agent.
+    text: Mapped[str | None] = mapped_column(Text)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    verification_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    requests: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class Evidence(db.Model):  # type: ignore[name-defined]
+    """One verification record on a case: what was checked, by whom, with which reference.
+    Rejected attempts are kept too, so a reviewer sees what was tried."""
+
+    __tablename__ = "evidence"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("recovery_cases.id"), index=True)
+    type: Mapped[str] = mapped_column(String(40))
+    accepted: Mapped[bool] = mapped_column()
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    rejection_reason: Mapped[str | None] = mapped_column(Text)
+    recorded_by_type: Mapped[str] = mapped_column(String(16))
+    recorded_by_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class VerificationCall(db.Model):  # type: ignore[name-defined]
+    """A one-time code Rekey sends to a phone that predates the case (never a number from the
+    ticket). The code is kept encrypted only until it is sent, and as a keyed digest to check."""
+
+    __tablename__ = "verification_calls"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("recovery_cases.id"), index=True)
+    channel_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("channels.id"))
+    method: Mapped[str] = mapped_column(String(8))  # voice | sms
+    # pending -> sent -> verified | locked | expired; pending -> failed
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    code_digest: Mapped[str] = mapped_column(String(64))
+    code_encrypted: Mapped[str | None] = mapped_column(String(300))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=5)
+    placed_by: Mapped[str] = mapped_column(String(64))
+    provider_id: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,90 @@
+"""The risk screen, run at intake and again before every destructive action.
+
+`unusual_activity` refuses at once; the other signals escalate to a senior admin. Urgency
+relaxes nothing: it only ever makes the path stricter (SECURITY-CHECKLIST R8).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from app.accounts.models import Channel, SigninAttempt, User
+from app.extensions import db, utcnow
+from app.recovery.models import RecoveryCase
+from app.tenants.models import Tenant
+
+# Pressure language: the classic social-engineering lever the runbook tells agents to refuse.
+_URGENCY = re.compile(
+    r"\b(urgent(ly)?|asap|a\.s\.a\.p|immediately|right (now|away)|emergency|hurry|"
+    r"need (it|this|access) now|as soon as possible|critical|time[- ]sensitive|"
+    r"within the (hour|next hour)|before (my|the) (flight|meeting|board)|"
+    r"the ceo|my boss will|you'?ll be (fired|in trouble)|don'?t have time|no time)\b",
+    re.IGNORECASE,
+)
+_FAILED = ("bad_password", "bad_factor")
+
+
+@dataclass(frozen=True)
+class RiskResult:
+    refuse: str | None = None  # the refusal trigger, if any
+    escalate: list[str] = field(default_factory=list)
+    facts: dict[str, object] = field(default_factory=dict)
+
+
+def unusual_activity(tenant: Tenant, user: User) -> tuple[bool, int]:
+    """Several failed sign-ins in the window from IPs never seen in a successful sign-in."""
+    hours = int(tenant.setting("unusual_activity_window_hours"))
+    threshold = int(tenant.setting("unusual_activity_failed_signins"))
+    known_ips = select(SigninAttempt.ip).where(
+        SigninAttempt.user_id == user.id, SigninAttempt.result == "succeeded", SigninAttempt.ip.is_not(None)
+    )
+    failures = db.session.scalar(
+        select(func.count()).select_from(SigninAttempt).where(
+            SigninAttempt.user_id == user.id,
+            SigninAttempt.result.in_(_FAILED),
+            SigninAttempt.occurred_at >= utcnow() - timedelta(hours=hours),
+            SigninAttempt.ip.not_in(known_ips),
+        )
+    ) or 0
+    return failures >= threshold, failures
+
+
+def is_urgent(*texts: str | None) -> bool:
+    return any(t and _URGENCY.search(t) for t in texts)
+
+
+def screen(tenant: Tenant, case: RecoveryCase, user: User) -> RiskResult:
+    """Evaluate every signal for this case; the caller applies the outcome."""
+    unusual, failures = unusual_activity(tenant, user)
+    facts: dict[str, object] = {"failed_signins_from_unknown_ips": failures}
+    if unusual:
+        return RiskResult(refuse="unusual_activity", facts=facts)
+    flags: list[str] = []
+    if is_urgent(case.subject, case.text):
+        flags.append("urgency")
+    since = case.opened_at - timedelta(days=int(tenant.setting("recent_channel_change_days")))
+    changed = db.session.scalar(
+        select(func.count()).select_from(Channel).where(
+            Channel.user_id == user.id,
+            (Channel.added_at >= since) | (Channel.removed_at >= since),
+        )
+    ) or 0
+    if changed:
+        flags.append("recent_channel_change")
+    if user.privileged:
+        flags.append("privileged")
+    repeat_since = case.opened_at - timedelta(days=int(tenant.setting("repeat_recovery_days")))
+    earlier = db.session.scalar(
+        select(func.count()).select_from(RecoveryCase).where(
+            RecoveryCase.user_id == user.id, RecoveryCase.id != case.id,
+            RecoveryCase.opened_at >= repeat_since,
+        )
+    ) or 0
+    if earlier:
+        flags.append("repeat_recovery")
+    facts.update({"recent_channel_changes": changed, "earlier_cases": earlier})
+    return RiskResult(escalate=flags, facts=facts)

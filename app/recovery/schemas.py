@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from app.recovery.cases import REFUSAL_TRIGGERS
+from app.recovery.models import STATES
+
+Reason = fields.String(required=True, validate=validate.Length(min=3, max=2000))
+
+
+class CaseListQuery(Schema):
+    state = fields.String(validate=validate.OneOf(STATES))
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=500))
+
+
+class EvidenceIn(Schema):
+    type = fields.String(required=True, validate=validate.Length(min=1, max=40))
+    details = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), load_default=dict)
+    reason = fields.String(required=True, validate=validate.Length(min=3, max=2000))
+
+
+class EvidenceOut(Schema):
+    id = fields.UUID()
+    type = fields.String()
+    accepted = fields.Boolean()
+    details = fields.Dict()
+    rejection_reason = fields.String(allow_none=True)
+    recorded_by_type = fields.String()
+    recorded_by_id = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True)
+    recorded_at = fields.DateTime()
+
+
+class VerificationCallIn(Schema):
+    channel_id = fields.UUID(required=True)
+    method = fields.String(required=True, validate=validate.OneOf(["voice", "sms"]))
+
+
+class VerificationCallOut(Schema):
+    id = fields.UUID()
+    case_id = fields.UUID()
+    channel_id = fields.UUID()
+    method = fields.String()
+    status = fields.String()
+    attempts = fields.Integer()
+    max_attempts = fields.Integer()
+    expires_at = fields.DateTime()
+    sent_at = fields.DateTime(allow_none=True)
+    verified_at = fields.DateTime(allow_none=True)
+
+
+class ConfirmIn(Schema):
+    code = fields.String(required=True, validate=validate.Length(min=1, max=16), load_only=True)
+
+
+class ActionIn(Schema):
+    """Every action needs a reason; `trigger` is for `refuse`."""
+
+    reason = fields.String(required=True, validate=validate.Length(min=3, max=2000))
+    trigger = fields.String(validate=validate.OneOf(REFUSAL_TRIGGERS))
+
+
+class CaseSummary(Schema):
+    id = fields.UUID()
+    state = fields.String()
+    user_id = fields.UUID(allow_none=True)
+    flags = fields.List(fields.String())
+    refusal_trigger = fields.String(allow_none=True)
+    ticket_id = fields.String(allow_none=True)
+    opened_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class _RecommendedPath(Schema):
+    path = fields.String()
+    reason = fields.String()
+
+
+class _CaseTimelineEntry(Schema):
+    seq = fields.Integer()
+    occurred_at = fields.DateTime()
+    action = fields.String()
+    actor_type = fields.String()
+    actor_id = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True)
+    details = fields.Dict()
+
+
+class _CallableChannel(Schema):
+    id = fields.UUID()
+    kind = fields.String()
+    value = fields.String()
+    added_at = fields.DateTime()
+
+
+class CaseDetail(CaseSummary):
+    requester_email = fields.String(allow_none=True)
+    subject = fields.String(allow_none=True)
+    requests = fields.Integer()
+    verification_expires_at = fields.DateTime(allow_none=True)
+    verified_at = fields.DateTime(allow_none=True)
+    closed_at = fields.DateTime(allow_none=True)
+    evidence = fields.List(fields.Nested(EvidenceOut))
+    evidence_required_types = fields.Integer()
+    callable_channels = fields.List(fields.Nested(_CallableChannel))
+    recommended_path = fields.Nested(_RecommendedPath, allow_none=True)
+    allowed_actions = fields.List(fields.String())
+    timeline = fields.List(fields.Nested(_CaseTimelineEntry))

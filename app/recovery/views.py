@@ -1,0 +1,92 @@
+"""The admin API for recovery cases: read, record evidence, verify by callback, act."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.errors import NotFound
+from app.recovery import cases, evidence
+from app.recovery.presenter import describe_case, list_cases
+from app.recovery.schemas import (
+    ActionIn,
+    CaseDetail,
+    CaseListQuery,
+    CaseSummary,
+    ConfirmIn,
+    EvidenceIn,
+    EvidenceOut,
+    VerificationCallIn,
+    VerificationCallOut,
+)
+from app.web import Blueprint, agent_required, current_actor
+
+blp = Blueprint("cases", __name__, url_prefix="/v1/admin/cases", description="Recovery cases")
+
+# action name -> service. Issue-by-issue the runbook's destructive actions join this table.
+ACTIONS: dict[str, Any] = {
+    "refuse": lambda actor, cid, body: cases.refuse_case(
+        actor, cid, trigger=body.get("trigger") or "agent_judgement", reason=body["reason"]),
+    "escalate": lambda actor, cid, body: cases.escalate_case(actor, cid, reason=body["reason"]),
+    "resume": lambda actor, cid, body: cases.resume_case(actor, cid, reason=body["reason"]),
+    "reopen": lambda actor, cid, body: cases.reopen_case(actor, cid, reason=body["reason"]),
+}
+
+
+@blp.route("", methods=["GET"])
+@agent_required()
+@blp.arguments(CaseListQuery, location="query")
+@blp.response(200, CaseSummary(many=True))
+def index(query: dict[str, Any]) -> Any:
+    """The tenant's cases, newest first, optionally by state."""
+    return list_cases(current_actor(), state=query.get("state"), limit=query["limit"])
+
+
+@blp.route("/<case_id>", methods=["GET"])
+@agent_required()
+@blp.response(200, CaseDetail)
+def show(case_id: str) -> Any:
+    """State, flags, evidence, recommended path with reasons, allowed actions, timeline."""
+    return describe_case(current_actor(), case_id)
+
+
+@blp.route("/<case_id>/evidence", methods=["POST"])
+@agent_required()
+@blp.arguments(EvidenceIn)
+@blp.response(201, EvidenceOut)
+def add_evidence(body: dict[str, Any], case_id: str) -> Any:
+    """Record out-of-band verification evidence (unacceptable types: 422 with the reason)."""
+    return evidence.record_evidence(current_actor(), case_id, type_=body["type"], details=body["details"],
+                                    reason=body["reason"])
+
+
+@blp.route("/<case_id>/verification-calls", methods=["POST"])
+@agent_required()
+@blp.arguments(VerificationCallIn)
+@blp.response(202, VerificationCallOut)
+def place_call(body: dict[str, Any], case_id: str) -> Any:
+    """Send a one-time code to a phone on file since before the case's day."""
+    return evidence.place_verification_call(current_actor(), case_id, channel_id=str(body["channel_id"]),
+                                            method=body["method"])
+
+
+@blp.route("/<case_id>/verification-calls/<call_id>/confirm", methods=["POST"])
+@agent_required()
+@blp.arguments(ConfirmIn)
+@blp.response(200, VerificationCallOut)
+def confirm_call(body: dict[str, Any], case_id: str, call_id: str) -> Any:
+    """Check the code the user read back (five tries)."""
+    return evidence.confirm_verification_call(current_actor(), case_id, call_id, body["code"])
+
+
+@blp.route("/<case_id>/actions/<action>", methods=["POST"])
+@agent_required()
+@blp.arguments(ActionIn)
+@blp.response(200, CaseDetail)
+def act(body: dict[str, Any], case_id: str, action: str) -> Any:
+    """Take one of the runbook's actions on the case."""
+    handler = ACTIONS.get(action)
+    if handler is None:
+        raise NotFound("No such action.", details={"actions": sorted(ACTIONS)})
+    actor = current_actor()
+    handler(actor, case_id, body)
+    return describe_case(actor, case_id)
