@@ -53,7 +53,9 @@ def start_totp_enrolment(actor: Actor, user: User, *, issuer: str) -> tuple[MfaF
 
 
 def _matching_step(secret: str, code: str, *, at: float | None = None) -> int | None:
-    if not (code.isdigit() and len(code) == 6):
+    # ASCII only: `isdigit` also admits other scripts' digits, which `compare_digest` rejects
+    # with a TypeError (a 500 for a typo).
+    if not (code.isascii() and code.isdigit() and len(code) == 6):
         return None
     totp = pyotp.TOTP(secret)
     now_step = int((at if at is not None else time.time()) // TOTP_PERIOD)
@@ -81,6 +83,17 @@ def consume_totp(factor: MfaFactor, code: str) -> bool:
     return claimed == 1
 
 
+def is_spent_totp(factor: MfaFactor, code: str) -> bool:
+    """True when the code is right for the factor but its time step was already accepted: a
+    replay (or the loser of a concurrent race), worth recording apart from a typo."""
+    step = _matching_step(decrypt(factor.secret_encrypted), code)
+    if step is None:
+        return False
+    # Read the committed value: a concurrent winner updated the row, not this session's object.
+    last = db.session.scalar(select(MfaFactor.last_used_step).where(MfaFactor.id == factor.id))
+    return step <= (last or 0)
+
+
 def confirm_totp_enrolment(actor: Actor, user: User, code: str) -> MfaFactor:
     """Activate the pending factor with its first code; records `mfa.factor_enrolled`."""
     pending = [f for f in user.factors if f.status == "pending"]
@@ -89,13 +102,14 @@ def confirm_totp_enrolment(actor: Actor, user: User, code: str) -> MfaFactor:
     factor = pending[-1]
     if factor.created_at + ENROLMENT_TTL < utcnow():
         factor.status, factor.removed_at = "removed", utcnow()
-        raise RuleRefused("The enrolment expired; start again.", code="enrolment_expired", keep_changes=True)
+        raise RuleRefused("The enrolment expired; start again.", code="enrolment_expired",
+                          keep_changes=True)
     if not consume_totp(factor, code):
         raise InvalidFactorCode("The code is not valid.")
     factor.status, factor.activated_at, factor.enrolled_ip = "active", utcnow(), actor.ip
     db.session.flush()
-    record_event(actor, AuditAction.FACTOR_ENROLLED, tenant_id=user.tenant_id, target_user_id=user.id,
-                 details={"factor_id": str(factor.id), "kind": factor.kind})
+    record_event(actor, AuditAction.FACTOR_ENROLLED, tenant_id=user.tenant_id,
+                 target_user_id=user.id, details={"factor_id": str(factor.id), "kind": factor.kind})
     return factor
 
 
@@ -110,9 +124,11 @@ def _new_backup_code() -> str:
 def normalize_backup_code(raw: str) -> str | None:
     """Accept codes typed with spaces, without dashes or in capitals; None if it cannot be one."""
     compact = "".join(ch for ch in raw.lower() if ch not in " -")
-    if len(compact) != _CODE_GROUPS * _CODE_GROUP_LEN or any(c not in _CODE_ALPHABET for c in compact):
+    if len(compact) != _CODE_GROUPS * _CODE_GROUP_LEN or any(c not in _CODE_ALPHABET
+                                                             for c in compact):
         return None
-    return "-".join(compact[i:i + _CODE_GROUP_LEN] for i in range(0, len(compact), _CODE_GROUP_LEN))
+    return "-".join(compact[i:i + _CODE_GROUP_LEN]
+                    for i in range(0, len(compact), _CODE_GROUP_LEN))
 
 
 def issue_backup_codes(actor: Actor, user: User, *, reason: str | None = None) -> list[str]:
@@ -120,7 +136,8 @@ def issue_backup_codes(actor: Actor, user: User, *, reason: str | None = None) -
     now = utcnow()
     db.session.execute(
         update(BackupCode)
-        .where(BackupCode.user_id == user.id, BackupCode.used_at.is_(None), BackupCode.revoked_at.is_(None))
+        .where(BackupCode.user_id == user.id, BackupCode.used_at.is_(None),
+               BackupCode.revoked_at.is_(None))
         .values(revoked_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -190,6 +207,7 @@ def change_password(actor: Actor, user: User, session: UserSession, *, new_passw
     identity.expires_at = identity.used_at = None
     identity.set_at = utcnow()
     revoked = revoke_sessions(user.id, except_id=session.id)
-    record_event(actor, AuditAction.PASSWORD_CHANGED, tenant_id=user.tenant_id, target_user_id=user.id,
+    record_event(actor, AuditAction.PASSWORD_CHANGED, tenant_id=user.tenant_id,
+                 target_user_id=user.id,
                  details={"forced": forced, "other_sessions_revoked": revoked})
 

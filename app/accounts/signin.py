@@ -7,13 +7,14 @@ tried, so lockout does not reveal whether an account exists either.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
-from app.accounts.mfa import consume_backup_code, consume_totp
+from app.accounts.mfa import consume_backup_code, consume_totp, is_spent_totp
 from app.accounts.models import SigninAttempt, User
 from app.accounts.services import (
     active_factors,
@@ -55,9 +56,11 @@ class SigninResult:
     user: User | None = None
 
 
-def _record(tenant: Tenant, email: str, user: User | None, ip: str | None, result: str, method: str) -> None:
-    db.session.add(SigninAttempt(tenant_id=tenant.id, user_id=user.id if user else None, email=email,
-                                 ip=ip, result=result, method=method, occurred_at=utcnow()))
+def _record(tenant: Tenant, email: str, user: User | None, ip: str | None, result: str,
+            method: str) -> None:
+    db.session.add(SigninAttempt(tenant_id=tenant.id, user_id=user.id if user else None,
+                                 email=email, ip=ip, result=result, method=method,
+                                 occurred_at=utcnow()))
     db.session.flush()
 
 
@@ -100,14 +103,27 @@ def _retry_after_for_account(tenant: Tenant, email: str) -> int | None:
     return max(1, int((unlock - now).total_seconds()))
 
 
-def _fail(tenant: Tenant, email: str, user: User | None, actor: Actor, result: str, method: str) -> InvalidCredentials:
+def _one_attempt_at_a_time(tenant: Tenant, email: str) -> None:
+    """Serialise sign-ins for one account (known or not) until this transaction ends, so the
+    failure count read next is the true one: without it, N parallel guesses all read "below
+    the limit" and the lockout admits N guesses per window instead of `signin_max_failures`."""
+    if db.session.get_bind().dialect.name != "postgresql":
+        return  # SQLite is development only; it has no advisory locks
+    digest = hashlib.sha256(f"rekey.signin\x00{tenant.id}\x00{email}".encode()).digest()
+    db.session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                       {"key": int.from_bytes(digest[:8], "big", signed=True)})
+
+
+def _fail(tenant: Tenant, email: str, user: User | None, actor: Actor, result: str,
+          method: str) -> InvalidCredentials:
     _record(tenant, email, user, actor.ip, result, method)
     if user is not None:
         record_event(actor, AuditAction.SIGNIN_FAILED, tenant_id=tenant.id, target_user_id=user.id,
                      details={"result": result, "method": method})
         if _retry_after_for_account(tenant, email) is not None:
-            record_event(actor, AuditAction.ACCOUNT_LOCKED, tenant_id=tenant.id, target_user_id=user.id,
-                         details={"after_failures": current_app.extensions["rekey.settings"].signin_max_failures})
+            limit = current_app.extensions["rekey.settings"].signin_max_failures
+            record_event(actor, AuditAction.ACCOUNT_LOCKED, tenant_id=tenant.id,
+                         target_user_id=user.id, details={"after_failures": limit})
     return InvalidCredentials("The email, password or code is not correct.")
 
 
@@ -118,25 +134,32 @@ def sign_in(tenant: Tenant, actor: Actor, *, email: str, password: str, otp: str
         raise ValidationFailed("Give either otp or backup_code, not both.")
     method = "totp" if otp else "backup_code" if backup_code else "password"
     email = normalize_email(email)
+    _one_attempt_at_a_time(tenant, email)
+    # Looked up before the throttle so a refused attempt still shows on the user's record (the
+    # agent's sign-in activity, the risk screen); the lookup costs the same for unknown emails.
+    user = find_user_by_email(tenant.id, email)
 
     retry = _retry_after_for_ip(tenant, actor.ip)
     if retry is not None:
-        _record(tenant, email, None, actor.ip, "throttled", method)
-        raise RateLimited("Too many failed sign-ins from this address.", retry_after=retry, keep_changes=True)
+        _record(tenant, email, user, actor.ip, "throttled", method)
+        raise RateLimited("Too many failed sign-ins from this address.", retry_after=retry,
+                          keep_changes=True)
     retry = _retry_after_for_account(tenant, email)
     if retry is not None:
-        _record(tenant, email, None, actor.ip, "locked", method)
-        raise AccountLocked("Too many failed sign-ins for this account; try again later.", retry_after=retry)
+        _record(tenant, email, user, actor.ip, "locked", method)
+        raise AccountLocked("Too many failed sign-ins for this account; try again later.",
+                            retry_after=retry)
 
-    user = find_user_by_email(tenant.id, email)
     identity = user.password if user else None
     password_ok = verify_password(identity.hash if identity else None, password)
     if identity is not None and identity.temporary and (
-        identity.used_at is not None or (identity.expires_at is not None and identity.expires_at <= utcnow())
+        identity.used_at is not None
+        or (identity.expires_at is not None and identity.expires_at <= utcnow())
     ):
         password_ok = False  # a temporary password works once, and only until it expires
     if user is None or not password_ok:
-        raise _fail(tenant, email, user, actor, "unknown_user" if user is None else "bad_password", method)
+        result = "unknown_user" if user is None else "bad_password"
+        raise _fail(tenant, email, user, actor, result, method)
     if user.status != "active":
         _record(tenant, email, user, actor.ip, "suspended", method)
         record_event(actor, AuditAction.SIGNIN_FAILED, tenant_id=tenant.id, target_user_id=user.id,
@@ -146,14 +169,21 @@ def sign_in(tenant: Tenant, actor: Actor, *, email: str, password: str, otp: str
     factors = active_factors(user)
     codes_left = backup_codes_remaining(user.id)
     if (factors or codes_left) and not (otp or backup_code):
+        _record(tenant, email, user, actor.ip, "mfa_required", method)
         return SigninResult(status="mfa_required", user=user)
     if otp and not any(consume_totp(f, otp) for f in factors):
+        for factor in factors:
+            if is_spent_totp(factor, otp):  # someone holds a code already used: log the replay
+                record_event(actor, AuditAction.TOTP_REPLAY_REFUSED, tenant_id=tenant.id,
+                             target_user_id=user.id, details={"factor_id": str(factor.id)})
         raise _fail(tenant, email, user, actor, "bad_factor", method)
+    if backup_code and not consume_backup_code(user, backup_code):
+        raise _fail(tenant, email, user, actor, "bad_factor", method)
+    # From here the credentials are proven: the events that follow are the user's own acts.
+    actor = replace(actor, type="user", id=str(user.id))
     if backup_code:
-        if not consume_backup_code(user, backup_code):
-            raise _fail(tenant, email, user, actor, "bad_factor", method)
-        record_event(actor, AuditAction.BACKUP_CODE_USED, tenant_id=tenant.id, target_user_id=user.id,
-                     details={"remaining": backup_codes_remaining(user.id)})
+        record_event(actor, AuditAction.BACKUP_CODE_USED, tenant_id=tenant.id,
+                     target_user_id=user.id, details={"remaining": backup_codes_remaining(user.id)})
 
     assert identity is not None
     if identity.temporary:
