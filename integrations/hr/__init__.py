@@ -1,0 +1,1 @@
+"""HR systems: inbound adapters that vouch for a recovery request."""
