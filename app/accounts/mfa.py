@@ -110,6 +110,9 @@ def confirm_totp_enrolment(actor: Actor, user: User, code: str) -> MfaFactor:
     db.session.flush()
     record_event(actor, AuditAction.FACTOR_ENROLLED, tenant_id=user.tenant_id,
                  target_user_id=user.id, details={"factor_id": str(factor.id), "kind": factor.kind})
+    from app.recovery.closing import on_factor_enrolled  # closes the loop on an open case
+
+    on_factor_enrolled(user, actor)
     return factor
 
 
@@ -193,8 +196,12 @@ def change_password(actor: Actor, user: User, session: UserSession, *, new_passw
     """Set a password the user chose. A session opened by a must-change (temporary) password has
     already proven it; any other session must present the current one."""
     identity = user.password
-    forced = identity is not None and identity.must_change
-    if identity is not None and not forced and not verify_password(identity.hash, current_password or ""):
+    # Only a session opened after the must-change password was set has proven it; an older one
+    # (or one stolen before an admin set a temporary password) must still present it.
+    forced = (identity is not None and identity.must_change
+              and session.created_at >= identity.set_at)
+    if (identity is not None and not forced
+            and not verify_password(identity.hash, current_password or "")):
         raise RuleRefused("The current password is not correct.", code="invalid_credentials")
     check_new_password(new_password, email=user.email)
     if identity is not None and verify_password(identity.hash, new_password):
