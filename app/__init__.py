@@ -65,8 +65,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from app.audit.views import blp as audit_blp
     from app.intake.views import blp as webhooks_blp
     from app.recovery.views import blp as cases_blp
+    from app.recovery.views import links as links_blp
 
-    for blueprint in (auth, admin_users, audit_blp, cases_blp, webhooks_blp):
+    for blueprint in (auth, admin_users, audit_blp, cases_blp, webhooks_blp, links_blp):
         api.register_blueprint(blueprint)
     _register_health(app)
 

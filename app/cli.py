@@ -305,5 +305,56 @@ def run() -> None:
     sys.exit(run_development(Settings()))
 
 
+@main.group()
+def dlq() -> None:
+    """Tasks that failed for good (dead letters)."""
+
+
+@dlq.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include dead letters already retried.")
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def dlq_list(show_all: bool, as_json: bool) -> None:
+    """List dead-lettered tasks, newest first."""
+    from sqlalchemy import select
+
+    from app.extensions import db as database
+    from app.intake.models import DeadLetter
+
+    stmt = select(DeadLetter).order_by(DeadLetter.created_at.desc())
+    if not show_all:
+        stmt = stmt.where(DeadLetter.retried_at.is_(None))
+    rows = [{"id": str(r.id), "task": r.task, "kwargs": r.kwargs, "error_type": r.error_type, "error": r.error,
+             "attempts": r.attempts, "created_at": r.created_at.isoformat(),
+             "retried_at": r.retried_at.isoformat() if r.retried_at else None}
+            for r in database.session.scalars(stmt).all()]
+    if as_json:
+        click.echo(json.dumps(rows, sort_keys=True))
+        return
+    for r in rows:
+        click.echo(f"{r['id']}  {r['created_at']}  {r['task']}  {r['error_type']} after {r['attempts']} attempts")
+    if not rows:
+        click.echo("no dead letters")
+
+
+@dlq.command("retry")
+@click.argument("dead_letter_id")
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def dlq_retry(dead_letter_id: str, as_json: bool) -> None:
+    """Queue a dead-lettered task again."""
+    import uuid
+
+    from app.intake.outbox import retry_dead_letter
+
+    try:
+        key = uuid.UUID(dead_letter_id)
+    except ValueError as exc:
+        raise click.BadParameter("not a dead letter id") from exc
+    message = retry_dead_letter(key)
+    _emit({"id": dead_letter_id, "outbox_id": str(message.id), "task": message.task}, as_json,
+          f"queued {message.task} again (outbox {message.id})")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

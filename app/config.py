@@ -77,6 +77,13 @@ class Settings:
     smtp_from: str = field(default_factory=lambda: _env("REKEY_SMTP_FROM", "rekey@localhost"))
     smtp_starttls: bool = field(default_factory=lambda: _env("REKEY_SMTP_STARTTLS", "1") == "1")
 
+    # Tasks: retries with exponential backoff from this base (seconds), then a dead letter.
+    task_retry_base_seconds: float = field(default_factory=lambda: float(_env("REKEY_TASK_RETRY_BASE_SECONDS", "2")))
+    task_max_retries: int = field(default_factory=lambda: _int("REKEY_TASK_MAX_RETRIES", 8))
+    # Optional SIEM sink for audit events (Standard Webhooks-signed POSTs).
+    siem_url: str = field(default_factory=lambda: _env("REKEY_SIEM_URL", ""))
+    siem_secret: str = field(default_factory=lambda: _env("REKEY_SIEM_SECRET", ""), repr=False)
+
     @property
     def is_production(self) -> bool:
         return self.env == "production"

@@ -13,7 +13,12 @@ from app.accounts.models import (  # noqa: F401
     UserSession,
 )
 from app.audit.models import AuditEvent, AuditHead  # noqa: F401
-from app.intake.models import OutboxMessage  # noqa: F401
+from app.intake.models import DeadLetter, Effect, Integration, OutboxMessage, WebhookDelivery  # noqa: F401
+from app.recovery.models import (  # noqa: F401
+    CaseAction,
+    Evidence,
+    RecoveryCase,
+    RecoveryLink,
+    VerificationCall,
+)
 from app.tenants.models import Agent, AgentToken, Tenant  # noqa: F401
-from app.intake.models import Integration, WebhookDelivery  # noqa: F401, E402
-from app.recovery.models import Evidence, RecoveryCase, VerificationCall  # noqa: F401, E402

@@ -1,11 +1,19 @@
 """The Celery app, bound to the Flask app: every task runs in an app context and its database
-work is committed once by the task wrapper (services only flush)."""
+work is committed once by the task wrapper (services only flush).
+
+Reliability defaults (shared/reference/WEBHOOKS-AND-CELERY.md §4): late acks and reject on
+worker loss (a killed worker's task runs again, so every task is idempotent); prefetch 1; a
+time limit far below the broker's visibility timeout; transient errors retried with
+exponential backoff and full jitter (or the peer's Retry-After); then a dead-letter row.
+"""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import requests
+import structlog
 from celery import Celery, Task
 from flask import Flask
 from sqlalchemy.exc import OperationalError
@@ -13,8 +21,9 @@ from sqlalchemy.exc import OperationalError
 from app.config import Settings
 from integrations.base import TransientDeliveryError
 
-# Errors worth another try: the network, a dropped database connection, a peer's 5xx/429
-# (integrations raise TransientError for those). Anything else is a bug or a refusal.
+log = structlog.get_logger(__name__)
+
+
 class TransientError(Exception):
     """A failure that may pass: retried with exponential backoff and jitter."""
 
@@ -23,15 +32,13 @@ class TransientError(Exception):
         self.retry_after = retry_after
 
 
-TRANSIENT = (TransientError, TransientDeliveryError, requests.ConnectionError, requests.Timeout, OperationalError,
-             ConnectionError, TimeoutError)
+# Worth another try: the network, a dropped database connection, a peer's 5xx/429/timeout.
+TRANSIENT = (TransientError, TransientDeliveryError, requests.ConnectionError, requests.Timeout,
+             OperationalError, ConnectionError, TimeoutError)
 
-# Every retry countdown stays far below the broker's visibility timeout, and so does the task
-# time limit: otherwise Redis redelivers a running task to a second worker.
 VISIBILITY_TIMEOUT = 3600
 TASK_TIME_LIMIT = 300
 RETRY_BACKOFF_MAX = 600
-MAX_RETRIES = 8
 
 
 def broker_url(settings: Settings) -> str:
@@ -60,10 +67,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": {
             "relay-outbox": {"task": "rekey.outbox.relay", "schedule": 10.0},
             "expire-cases": {"task": "rekey.recovery.expire_cases", "schedule": 60.0},
+            "run-scheduled-resets": {"task": "rekey.recovery.run_scheduled", "schedule": 60.0},
             "purge-deliveries": {"task": "rekey.intake.purge_deliveries", "schedule": 3600.0},
         },
         "timezone": "UTC",
     }
+
+
+def retry_countdown(retries: int, *, base: float, retry_after: float | None = None) -> float:
+    """The peer's Retry-After if it gave one, else exponential backoff with full jitter."""
+    if retry_after is not None:
+        return min(max(retry_after, 0.0), RETRY_BACKOFF_MAX)
+    return random.uniform(0, min(RETRY_BACKOFF_MAX, base * (2 ** retries)))  # noqa: S311
 
 
 def celery_init_app(app: Flask, settings: Settings) -> Celery:
@@ -73,11 +88,7 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
         abstract = True
         acks_late = True
         reject_on_worker_lost = True
-        autoretry_for = TRANSIENT
-        retry_backoff = 2
-        retry_backoff_max = RETRY_BACKOFF_MAX
-        retry_jitter = True
-        max_retries = MAX_RETRIES
+        max_retries = settings.task_max_retries
 
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
             from app.extensions import db
@@ -87,9 +98,30 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
                     result = self.run(*args, **kwargs)
                     db.session.commit()
                     return result
+                except TRANSIENT as exc:
+                    db.session.rollback()
+                    if self.request.called_directly:
+                        raise
+                    countdown = retry_countdown(self.request.retries, base=settings.task_retry_base_seconds,
+                                                retry_after=getattr(exc, "retry_after", None))
+                    log.warning("task_retry", task=self.name, error=type(exc).__name__,
+                                retries=self.request.retries, countdown=round(countdown, 2))
+                    # Past max_retries this re-raises `exc`: the task fails and is dead-lettered.
+                    raise self.retry(exc=exc, countdown=countdown) from exc
                 except BaseException:
                     db.session.rollback()
                     raise
+                finally:
+                    db.session.remove()
+
+        def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+            from app.extensions import db
+            from app.intake.outbox import record_dead_letter
+
+            with app.app_context():
+                try:
+                    record_dead_letter(self.name, dict(kwargs or {}), task_id, exc, self.request.retries)
+                    db.session.commit()
                 finally:
                     db.session.remove()
 
@@ -97,7 +129,8 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     celery.config_from_object(celery_config(settings))
     celery.set_default()
     app.extensions["celery"] = celery
-    import tasks.outbox  # noqa: F401  (registers the shared tasks)
+    import tasks.audit  # noqa: F401  (registers the shared tasks)
+    import tasks.outbox  # noqa: F401
     import tasks.recovery  # noqa: F401
 
     return celery

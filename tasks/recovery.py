@@ -7,7 +7,7 @@ import uuid
 from celery import shared_task
 
 from app.intake.services import purge_old_deliveries
-from app.recovery import cases, evidence
+from app.recovery import actions, cases, closing, evidence, notify
 
 
 @shared_task(name="rekey.recovery.screen_case")
@@ -40,3 +40,36 @@ def expire_cases() -> int:
 def purge_deliveries() -> int:
     """Beat: forget webhook deliveries past their retention."""
     return purge_old_deliveries()
+
+
+@shared_task(name="rekey.recovery.execute_action")
+def execute_action(action_id: str) -> str | None:
+    """Carry out a decided destructive action (reset, codes, temporary password) once."""
+    row = actions.execute_action(uuid.UUID(action_id))
+    return row.status if row else None
+
+
+@shared_task(name="rekey.recovery.notify_channel")
+def notify_channel(case_id: str, event: str, channel_id: str, report_link_id: str,
+                   cancel_link_id: str | None = None) -> bool:
+    """Tell one pre-existing channel what happened, with the "this wasn't me" link."""
+    return notify.deliver_notice(uuid.UUID(case_id), event, uuid.UUID(channel_id), uuid.UUID(report_link_id),
+                                 uuid.UUID(cancel_link_id) if cancel_link_id else None)
+
+
+@shared_task(name="rekey.recovery.follow_up")
+def follow_up(case_id: str) -> bool:
+    """Runbook step 5: the follow-up to the user, then the ticket comment, then close."""
+    return closing.send_follow_up(uuid.UUID(case_id))
+
+
+@shared_task(name="rekey.recovery.post_ticket_comment")
+def post_ticket_comment(case_id: str) -> str | None:
+    """Post the status comment to the originating ticket."""
+    return closing.post_ticket_comment(uuid.UUID(case_id))
+
+
+@shared_task(name="rekey.recovery.run_scheduled")
+def run_scheduled() -> int:
+    """Beat: queue resets whose cooldown has passed."""
+    return closing.run_due_scheduled()

@@ -193,6 +193,9 @@ def sign_in(tenant: Tenant, actor: Actor, *, email: str, password: str, otp: str
     elif not factors:
         # After a reset (or before a first enrolment) the password alone only opens enrolment.
         status = "enrolment_required"
+    elif backup_code and _in_recovery(user):
+        # Runbook step 2: a backup-code sign-in during a recovery only opens re-enrolment.
+        status = "enrolment_required"
     else:
         status = "ok"
     scope = "full" if status == "ok" else "restricted"
@@ -201,3 +204,10 @@ def sign_in(tenant: Tenant, actor: Actor, *, email: str, password: str, otp: str
     record_event(actor, AuditAction.SIGNIN_SUCCEEDED, tenant_id=tenant.id, target_user_id=user.id,
                  details={"method": method, "status": status, "session_scope": scope})
     return SigninResult(status=status, token=token, user=user)
+
+
+def _in_recovery(user: User) -> bool:
+    from app.recovery.models import OPEN_STATES, RecoveryCase
+
+    return db.session.scalars(select(RecoveryCase.id).where(
+        RecoveryCase.user_id == user.id, RecoveryCase.state.in_(OPEN_STATES))).first() is not None

@@ -51,6 +51,18 @@ class AuditAction(StrEnum):
     RECOVERY_VERIFIED = "recovery.verified"
     RECOVERY_VERIFICATION_CODE_REJECTED = "recovery.verification_code_rejected"
     RECOVERY_SENIOR_ADMINS_NOTIFIED = "recovery.senior_admins_notified"
+    RECOVERY_APPROVAL_REQUESTED = "recovery.approval_requested"
+    RECOVERY_ACTION_APPROVED = "recovery.action_approved"
+    RECOVERY_ACTION_QUEUED = "recovery.action_queued"
+    RECOVERY_ACTION_CANCELLED = "recovery.action_cancelled"
+    RECOVERY_RESET_SCHEDULED = "recovery.reset_scheduled"
+    RECOVERY_RECOVERED = "recovery.recovered"
+    RECOVERY_FOLLOW_UP_SENT = "recovery.follow_up_sent"
+    RECOVERY_TICKET_COMMENTED = "recovery.ticket_commented"
+    RECOVERY_CLOSED = "recovery.closed"
+    RECOVERY_REPORTED_NOT_ME = "recovery.reported_not_me"
+    USER_REACTIVATED = "user.reactivated"
+    TASK_DEAD_LETTERED = "task.dead_lettered"
 
 
 class AuditEvent(db.Model):  # type: ignore[name-defined]

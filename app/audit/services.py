@@ -116,6 +116,9 @@ def record_event(
     head.seq, head.hash = event.seq, event.hash
     db.session.add(event)
     db.session.flush()
+    from app.audit.forwarding import schedule_forward
+
+    schedule_forward(event)
     return event
 
 

@@ -72,3 +72,22 @@ class Effect(db.Model):  # type: ignore[name-defined]
 
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DeadLetter(db.Model):  # type: ignore[name-defined]
+    """A task that failed for good (retries exhausted, or a permanent error). `rekey dlq list`
+    shows them; `rekey dlq retry ID` queues the task again through the outbox."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    task: Mapped[str] = mapped_column(String(128))
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    error_type: Mapped[str] = mapped_column(String(128))
+    # The exception's message, cut short; adapters never put a secret in one.
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    retried_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    retry_outbox_id: Mapped[uuid.UUID | None] = mapped_column()

@@ -106,3 +106,28 @@ def claim_effect(key: str) -> bool:
         db.session.rollback()
         return False
     return True
+
+
+def record_dead_letter(task: str, kwargs: dict[str, Any], task_id: str | None, exc: BaseException,
+                       retries: int) -> None:
+    """Park a task that failed for good, for `rekey dlq list|retry`."""
+    from app.intake.models import DeadLetter
+
+    log.error("task_dead_lettered", task=task, task_id=task_id, error=type(exc).__name__, retries=retries)
+    db.session.add(DeadLetter(task=task, kwargs=kwargs, task_id=task_id, error_type=type(exc).__name__,
+                              error=str(exc)[:500], attempts=retries + 1, created_at=utcnow()))
+
+
+def retry_dead_letter(dead_letter_id: uuid.UUID) -> OutboxMessage:
+    """Queue a dead-lettered task again (through the outbox, so the retry itself is durable)."""
+    from app.errors import Conflict, NotFound
+    from app.intake.models import DeadLetter
+
+    row = db.session.get(DeadLetter, dead_letter_id, with_for_update=True)
+    if row is None:
+        raise NotFound("No such dead letter.")
+    if row.retried_at is not None:
+        raise Conflict("This dead letter was already retried.", details={"outbox_id": str(row.retry_outbox_id)})
+    message = enqueue(row.task, **row.kwargs)
+    row.retried_at, row.retry_outbox_id = utcnow(), message.id
+    return message

@@ -31,6 +31,7 @@ from app.tenants.models import Tenant
 from app.web import loads_strict
 from integrations import base
 from integrations.registry import WEBHOOK_KINDS, webhook_adapter
+from integrations.webhooks import standard_key
 
 log = structlog.get_logger(__name__)
 DELIVERY_RETENTION = timedelta(days=30)
@@ -63,8 +64,7 @@ def create_integration(tenant: Tenant, *, kind: str, name: str, callback_url: st
     if kind not in WEBHOOK_KINDS:
         raise ValidationFailed("Unknown integration kind.", details={"allowed": sorted(WEBHOOK_KINDS)})
     signing_secret = secret or _new_secret(kind)
-    if len(signing_secret) < 24:
-        raise ValidationFailed("A signing secret needs at least 24 characters.")
+    _check_secret(kind, signing_secret)
     integration = Integration(id=uuid.uuid4(), tenant_id=tenant.id, kind=kind, name=name,
                               secret_encrypted=encrypt(signing_secret), callback_url=callback_url,
                               outbound_encrypted=encrypt(_json(outbound)) if outbound else None)
@@ -79,6 +79,7 @@ def create_integration(tenant: Tenant, *, kind: str, name: str, callback_url: st
 def rotate_secret(integration: Integration, *, actor: Actor, secret: str | None = None) -> str:
     """Replace the signing secret; the previous one keeps working for ROTATION_OVERLAP."""
     new_secret = secret or _new_secret(integration.kind)
+    _check_secret(integration.kind, new_secret)
     integration.previous_secret_encrypted = integration.secret_encrypted
     integration.previous_secret_expires_at = utcnow() + ROTATION_OVERLAP
     integration.secret_encrypted = encrypt(new_secret)
@@ -86,6 +87,18 @@ def rotate_secret(integration: Integration, *, actor: Actor, secret: str | None 
                  details={"integration_id": str(integration.id),
                           "previous_valid_until": integration.previous_secret_expires_at.isoformat()})
     return new_secret
+
+
+def _check_secret(kind: str, secret: str) -> None:
+    if len(secret) < 24:
+        raise ValidationFailed("A signing secret needs at least 24 characters.")
+    if kind in ("standard", "hr"):
+        try:
+            key = standard_key(secret)
+        except ValueError as exc:
+            raise ValidationFailed("A Standard Webhooks secret is whsec_ followed by base64.") from exc
+        if len(key) < 24:
+            raise ValidationFailed("A Standard Webhooks secret needs at least 24 random bytes.")
 
 
 def _json(value: Any) -> str:

@@ -33,11 +33,20 @@ ALLOWED_FROM: dict[str, tuple[str, ...]] = {
     "confirm_verification_call": (m.AWAITING_VERIFICATION, m.VERIFIED),
     "escalate": (m.RECEIVED, m.AWAITING_VERIFICATION, m.VERIFIED, m.AWAITING_ENROLMENT),
     "refuse": (m.RECEIVED, m.AWAITING_VERIFICATION, m.VERIFIED, m.AWAITING_ENROLMENT, m.ESCALATED),
-    "resume": (m.ESCALATED,),
+    "resume": (m.ESCALATED, m.SUSPECTED_ATTACK),
     "reopen": (m.REFUSED, m.EXPIRED),
     "expire": (m.AWAITING_VERIFICATION,),
+    # Steps 2-5 (app/recovery/actions.py, app/recovery/closing.py).
+    "force_mfa_reset": (m.VERIFIED,),
+    "approve": (m.VERIFIED,),
+    "generate_backup_codes": (m.VERIFIED, m.AWAITING_ENROLMENT),
+    "set_temporary_password": (m.VERIFIED, m.AWAITING_ENROLMENT),
+    "suspend_user": (m.RECEIVED, m.AWAITING_VERIFICATION, m.VERIFIED, m.AWAITING_ENROLMENT, m.RECOVERED,
+                     m.ESCALATED, m.REFUSED, m.EXPIRED, m.CLOSED),
+    "send_follow_up": (m.RECOVERED, m.CLOSED),
+    "close": (m.RECOVERED,),
 }
-SENIOR_ONLY = {"resume", "reopen"}
+SENIOR_ONLY = {"resume", "reopen", "approve"}
 
 
 class StateConflict(Conflict):
@@ -87,7 +96,7 @@ def load_case(actor: Actor, case_id: uuid.UUID | str, *, lock: bool = False) -> 
     return case
 
 
-def _move(case: RecoveryCase, state: str) -> None:
+def move(case: RecoveryCase, state: str) -> None:
     case.state, case.updated_at = state, utcnow()
     if state in (m.CLOSED, m.REFUSED, m.EXPIRED):
         case.closed_at = case.updated_at
@@ -185,7 +194,7 @@ def screen_case(case_id: uuid.UUID) -> RecoveryCase | None:
         case.state_before_escalation = m.AWAITING_VERIFICATION
         case.verification_expires_at = utcnow() + timedelta(hours=int(tenant.setting("verification_ttl_hours")))
     else:
-        _move(case, m.AWAITING_VERIFICATION)
+        move(case, m.AWAITING_VERIFICATION)
         case.verification_expires_at = utcnow() + timedelta(hours=int(tenant.setting("verification_ttl_hours")))
     return case
 
@@ -199,7 +208,7 @@ def _refuse(actor: Actor, case: RecoveryCase, trigger: str, reason: str, *,
     case.refusal_trigger = trigger
     if trigger not in case.flags:
         case.flags = [*case.flags, trigger]
-    _move(case, m.REFUSED)
+    move(case, m.REFUSED)
     record_event(actor, AuditAction.RECOVERY_REFUSED, tenant_id=case.tenant_id, target_user_id=case.user_id,
                  case_id=case.id, reason=reason,
                  details={"trigger": trigger, "from_state": previous, **(facts or {})})
@@ -210,7 +219,7 @@ def _escalate(actor: Actor, case: RecoveryCase, flags: list[str], reason: str, *
     previous = case.state
     case.state_before_escalation = previous
     case.flags = sorted(set(case.flags) | set(flags))
-    _move(case, m.ESCALATED)
+    move(case, m.ESCALATED)
     record_event(actor, AuditAction.RECOVERY_ESCALATED, tenant_id=case.tenant_id, target_user_id=case.user_id,
                  case_id=case.id, reason=reason,
                  details={"flags": flags, "from_state": previous, **(facts or {})})
@@ -239,11 +248,13 @@ def resume_case(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> Recov
     case = load_case(actor, case_id, lock=True)
     require(case, "resume", actor)
     target = case.state_before_escalation
-    if target not in (m.AWAITING_VERIFICATION, m.VERIFIED, m.AWAITING_ENROLMENT):
+    if case.state == m.SUSPECTED_ATTACK or target not in (m.AWAITING_VERIFICATION, m.VERIFIED,
+                                                          m.AWAITING_ENROLMENT):
+        # After a suspected attack the real user is verified again from the start.
         target = m.AWAITING_VERIFICATION
     if target == m.AWAITING_VERIFICATION:
         _renew_ttl(case)
-    _move(case, target)
+    move(case, target)
     record_event(actor, AuditAction.RECOVERY_RESUMED, tenant_id=case.tenant_id, target_user_id=case.user_id,
                  case_id=case.id, reason=reason, details={"to_state": target, "flags": case.flags})
     return case
@@ -262,7 +273,7 @@ def reopen_case(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> Recov
     previous = case.state
     _renew_ttl(case)
     case.closed_at = None
-    _move(case, m.AWAITING_VERIFICATION)
+    move(case, m.AWAITING_VERIFICATION)
     record_event(actor, AuditAction.RECOVERY_REOPENED, tenant_id=case.tenant_id, target_user_id=case.user_id,
                  case_id=case.id, reason=reason, details={"from_state": previous})
     return case
@@ -283,7 +294,7 @@ def expire_overdue(limit: int = 500) -> int:
     count = 0
     for case in db.session.scalars(stmt).all():
         case.refusal_trigger = "unverifiable"
-        _move(case, m.EXPIRED)
+        move(case, m.EXPIRED)
         record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_EXPIRED, tenant_id=case.tenant_id,
                      target_user_id=case.user_id, case_id=case.id,
                      reason="Not verified before the case's time limit.", details={"trigger": "unverifiable"})

@@ -23,7 +23,7 @@ from app.errors import NotFound, RuleRefused
 from app.extensions import db, utcnow
 from app.intake.outbox import enqueue
 from app.recovery import models as m
-from app.recovery.cases import _move, load_case, require
+from app.recovery.cases import move, load_case, require
 from app.recovery.models import Evidence, RecoveryCase, VerificationCall
 from app.tenants.models import Agent, Tenant
 
@@ -139,7 +139,7 @@ def accept_evidence(actor: Actor, case: RecoveryCase, type_: str, details: dict[
                  details={"evidence_id": str(evidence.id), "type": type_, **details})
     if case.state == m.AWAITING_VERIFICATION and evidence_sufficient(case):
         case.verified_at = utcnow()
-        _move(case, m.VERIFIED)
+        move(case, m.VERIFIED)
         record_event(actor, AuditAction.RECOVERY_VERIFIED, tenant_id=case.tenant_id, target_user_id=case.user_id,
                      case_id=case.id, reason=reason, details={"types": accepted_types(case)})
     return evidence

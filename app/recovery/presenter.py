@@ -15,7 +15,7 @@ from app.audit.models import AuditEvent
 from app.extensions import db
 from app.recovery.cases import allowed_actions, load_case
 from app.recovery.evidence import eligible_channels, required_types
-from app.recovery.models import Evidence, RecoveryCase
+from app.recovery.models import CaseAction, Evidence, RecoveryCase
 
 
 def recommended_path(user: User | None) -> dict[str, str] | None:
@@ -64,5 +64,8 @@ def describe_case(actor: Actor, case_id: uuid.UUID | str) -> dict[str, Any]:
         ],
         "recommended_path": recommended_path(user),
         "allowed_actions": allowed_actions(case, actor),
+        "pending_actions": db.session.scalars(select(CaseAction).where(
+            CaseAction.case_id == case.id, CaseAction.status.in_(("awaiting_approval", "scheduled", "queued")))
+            .order_by(CaseAction.created_at)).all(),
         "timeline": timeline,
     }

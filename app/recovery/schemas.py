@@ -54,10 +54,15 @@ class ConfirmIn(Schema):
 
 
 class ActionIn(Schema):
-    """Every action needs a reason; `trigger` is for `refuse`."""
+    """Every action needs a reason. `trigger` is for `refuse`; `backup_codes_unusable` says why
+    a reset is needed although codes remain; `delivery` is for `generate_backup_codes`
+    (`verified_phone`, or `video_call` when the acting agent verified the user on one)."""
 
     reason = fields.String(required=True, validate=validate.Length(min=3, max=2000))
     trigger = fields.String(validate=validate.OneOf(REFUSAL_TRIGGERS))
+    backup_codes_unusable = fields.String(validate=validate.Length(min=3, max=2000))
+    delivery = fields.String(load_default="verified_phone",
+                             validate=validate.OneOf(["verified_phone", "video_call"]))
 
 
 class CaseSummary(Schema):
@@ -105,4 +110,28 @@ class CaseDetail(CaseSummary):
     callable_channels = fields.List(fields.Nested(_CallableChannel))
     recommended_path = fields.Nested(_RecommendedPath, allow_none=True)
     allowed_actions = fields.List(fields.String())
+    pending_actions = fields.List(fields.Nested(lambda: CaseActionOut()))
     timeline = fields.List(fields.Nested(_CaseTimelineEntry))
+
+
+class CaseActionOut(Schema):
+    id = fields.UUID()
+    action = fields.String()
+    status = fields.String()
+    requested_by = fields.String()
+    approved_by = fields.String(allow_none=True)
+    reason = fields.String()
+    created_at = fields.DateTime()
+    execute_after = fields.DateTime(allow_none=True)
+    done_at = fields.DateTime(allow_none=True)
+
+
+class ActionOut(Schema):
+    case = fields.Nested(CaseDetail)
+    action = fields.Nested(CaseActionOut, allow_none=True)
+    backup_codes = fields.List(fields.String(), metadata={
+        "description": "Only for generate_backup_codes with delivery=video_call: shown this once."})
+
+
+class LinkOut(Schema):
+    status = fields.String()

@@ -5,30 +5,44 @@ from __future__ import annotations
 from typing import Any
 
 from app.errors import NotFound
-from app.recovery import cases, evidence
+from app.recovery import actions, cases, closing, evidence
 from app.recovery.presenter import describe_case, list_cases
 from app.recovery.schemas import (
     ActionIn,
+    ActionOut,
     CaseDetail,
     CaseListQuery,
     CaseSummary,
     ConfirmIn,
+    LinkOut,
     EvidenceIn,
     EvidenceOut,
     VerificationCallIn,
     VerificationCallOut,
 )
-from app.web import Blueprint, agent_required, current_actor
+from app.web import Blueprint, agent_required, client_ip, current_actor
 
 blp = Blueprint("cases", __name__, url_prefix="/v1/admin/cases", description="Recovery cases")
 
-# action name -> service. Issue-by-issue the runbook's destructive actions join this table.
+# action name -> service; each returns (the CaseAction it created or None, codes shown once or None).
 ACTIONS: dict[str, Any] = {
-    "refuse": lambda actor, cid, body: cases.refuse_case(
-        actor, cid, trigger=body.get("trigger") or "agent_judgement", reason=body["reason"]),
-    "escalate": lambda actor, cid, body: cases.escalate_case(actor, cid, reason=body["reason"]),
-    "resume": lambda actor, cid, body: cases.resume_case(actor, cid, reason=body["reason"]),
-    "reopen": lambda actor, cid, body: cases.reopen_case(actor, cid, reason=body["reason"]),
+    "force_mfa_reset": lambda actor, cid, body: (actions.request_force_mfa_reset(
+        actor, cid, reason=body["reason"], backup_codes_unusable=body.get("backup_codes_unusable")), None),
+    "approve": lambda actor, cid, body: (actions.approve(actor, cid, reason=body["reason"]), None),
+    "generate_backup_codes": lambda actor, cid, body: actions.request_secret_delivery(
+        actor, cid, "generate_backup_codes", reason=body["reason"], delivery=body["delivery"]),
+    "set_temporary_password": lambda actor, cid, body: actions.request_secret_delivery(
+        actor, cid, "set_temporary_password", reason=body["reason"], delivery="verified_phone"),
+    "suspend_user": lambda actor, cid, body: (closing.suspend_user(actor, cid, reason=body["reason"]) and None,
+                                              None),
+    "send_follow_up": lambda actor, cid, body: (closing.request_follow_up(actor, cid, reason=body["reason"])
+                                                and None, None),
+    "close": lambda actor, cid, body: (closing.close_case(actor, cid, reason=body["reason"]) and None, None),
+    "refuse": lambda actor, cid, body: (cases.refuse_case(
+        actor, cid, trigger=body.get("trigger") or "agent_judgement", reason=body["reason"]) and None, None),
+    "escalate": lambda actor, cid, body: (cases.escalate_case(actor, cid, reason=body["reason"]) and None, None),
+    "resume": lambda actor, cid, body: (cases.resume_case(actor, cid, reason=body["reason"]) and None, None),
+    "reopen": lambda actor, cid, body: (cases.reopen_case(actor, cid, reason=body["reason"]) and None, None),
 }
 
 
@@ -81,12 +95,35 @@ def confirm_call(body: dict[str, Any], case_id: str, call_id: str) -> Any:
 @blp.route("/<case_id>/actions/<action>", methods=["POST"])
 @agent_required()
 @blp.arguments(ActionIn)
-@blp.response(200, CaseDetail)
+@blp.response(200, ActionOut)
 def act(body: dict[str, Any], case_id: str, action: str) -> Any:
-    """Take one of the runbook's actions on the case."""
+    """Take one of the runbook's actions on the case (reason required; effects run in tasks)."""
     handler = ACTIONS.get(action)
     if handler is None:
         raise NotFound("No such action.", details={"actions": sorted(ACTIONS)})
     actor = current_actor()
-    handler(actor, case_id, body)
-    return describe_case(actor, case_id)
+    row, codes = handler(actor, case_id, body)
+    answer: dict[str, Any] = {"case": describe_case(actor, case_id), "action": row}
+    if codes is not None:
+        answer["backup_codes"] = codes
+    return answer
+
+
+links = Blueprint("recovery_links", __name__, url_prefix="/v1/recovery",
+                  description="Single-use links from notifications; no sign-in needed")
+
+
+@links.route("/report/<token>", methods=["POST"])
+@links.response(202, LinkOut)
+def report(token: str) -> Any:
+    """"This wasn't me": suspends the account, revokes sessions and escalates the case."""
+    closing.report_not_me(token, client_ip())
+    return {"status": "reported"}
+
+
+@links.route("/cancel/<token>", methods=["POST"])
+@links.response(202, LinkOut)
+def cancel(token: str) -> Any:
+    """Cancel a scheduled reset; the case becomes a suspected attack."""
+    closing.cancel_scheduled_reset(token, client_ip())
+    return {"status": "cancelled"}

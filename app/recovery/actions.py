@@ -1,0 +1,353 @@
+"""The runbook's destructive actions (steps 3-4 and "what can go wrong").
+
+A request here decides and records; a task carries the effect out. No reset, temporary
+password or admin backup codes without a verified case; the risk screen runs again before each;
+a privileged user's reset needs a second person; an optional cooldown gives the real user a
+one-click cancel. Each effect is written with its audit event in the task's one transaction.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+
+from app.accounts.mfa import issue_backup_codes
+from app.accounts.models import BackupCode, MfaFactor, PasswordIdentity, RememberedDevice, User
+from app.accounts.services import backup_codes_remaining, revoke_sessions
+from app.actor import Actor
+from app.audit.models import AuditAction
+from app.audit.services import record_event
+from app.crypto import hash_password
+from app.errors import Conflict, Forbidden, RuleRefused
+from app.extensions import db, utcnow
+from app.intake.outbox import claim_effect, enqueue
+from app.recovery import models as m
+from app.recovery.cases import load_case, move, require
+from app.recovery.evidence import accepted_types, evidence_sufficient
+from app.recovery.models import CaseAction, Evidence, RecoveryCase, VerificationCall
+from app.recovery.notify import announce, create_link
+from app.recovery.risk import unusual_activity
+from app.tenants.models import Tenant
+
+PENDING = ("awaiting_approval", "scheduled", "queued")
+TEMP_PASSWORD_LENGTH = 20
+TEMP_PASSWORD_TTL = timedelta(hours=24)
+_TEMP_ALPHABET = string.ascii_letters + string.digits
+
+
+class NotVerified(RuleRefused):
+    code = "not_verified"
+
+
+class BackupCodesRemain(RuleRefused):
+    code = "backup_codes_remain"
+
+
+class NoVerifiedChannel(RuleRefused):
+    code = "no_verified_channel"
+
+
+class RefusedOnRescreen(RuleRefused):
+    code = "refused_unusual_activity"
+    keep_changes = True  # the refusal of the case is the point
+
+
+class SamePerson(Forbidden):
+    code = "same_person"
+
+
+def _case_user(case: RecoveryCase) -> User:
+    user = db.session.get(User, case.user_id) if case.user_id else None
+    if user is None:
+        raise Conflict("The case names no account.", details={"state": case.state})
+    return user
+
+
+def _gate(actor: Actor, case: RecoveryCase, user: User) -> None:
+    """No destructive action without recorded acceptable evidence, and never past a fresh
+    unusual-activity signal (the screen runs again at decision time)."""
+    if not evidence_sufficient(case):
+        raise NotVerified("No destructive action without acceptable verification evidence on the case.",
+                          details={"accepted_types": accepted_types(case)})
+    tenant = db.session.get(Tenant, case.tenant_id)
+    assert tenant is not None
+    unusual, failures = unusual_activity(tenant, user)
+    if unusual:
+        from app.recovery.cases import _refuse
+
+        _refuse(actor, case, "unusual_activity", "Unusual sign-in activity found when acting on the case.",
+                facts={"failed_signins_from_unknown_ips": failures})
+        _cancel_pending(actor, case, "case refused")
+        enqueue("rekey.recovery.notify_senior_admins", case_id=str(case.id))
+        raise RefusedOnRescreen("Unusual recent sign-in activity: the case was refused and escalated.")
+
+
+def _pending(case: RecoveryCase, action: str | None = None) -> list[CaseAction]:
+    stmt = select(CaseAction).where(CaseAction.case_id == case.id, CaseAction.status.in_(PENDING))
+    if action:
+        stmt = stmt.where(CaseAction.action == action)
+    return list(db.session.scalars(stmt.with_for_update()).all())
+
+
+def _cancel_pending(actor: Actor, case: RecoveryCase, why: str) -> None:
+    for action in _pending(case):
+        action.status, action.done_at = "cancelled", utcnow()
+        record_event(actor, AuditAction.RECOVERY_ACTION_CANCELLED, tenant_id=case.tenant_id,
+                     target_user_id=case.user_id, case_id=case.id, reason=why,
+                     details={"action_id": str(action.id), "action": action.action})
+
+
+def _new_action(actor: Actor, case: RecoveryCase, action: str, reason: str, status: str,
+                options: dict[str, Any] | None = None) -> CaseAction:
+    row = CaseAction(id=uuid.uuid4(), tenant_id=case.tenant_id, case_id=case.id, action=action, status=status,
+                     requested_by=actor.id or actor.type, requested_role=actor.role, reason=reason,
+                     options=options or {}, request_id=actor.request_id, source_ip=actor.ip, created_at=utcnow())
+    db.session.add(row)
+    db.session.flush()
+    return row
+
+
+def _queue(actor: Actor, case: RecoveryCase, row: CaseAction) -> None:
+    row.status = "queued"
+    record_event(actor, AuditAction.RECOVERY_ACTION_QUEUED, tenant_id=case.tenant_id, target_user_id=case.user_id,
+                 case_id=case.id, reason=row.reason, details={"action_id": str(row.id), "action": row.action})
+    enqueue("rekey.recovery.execute_action", action_id=str(row.id))
+
+
+def _schedule_or_queue(actor: Actor, case: RecoveryCase, row: CaseAction) -> None:
+    tenant = db.session.get(Tenant, case.tenant_id)
+    assert tenant is not None
+    hours = float(tenant.setting("reset_cooldown_hours") or 0)
+    if row.action == "force_mfa_reset" and hours > 0:
+        row.status, row.execute_after = "scheduled", utcnow() + timedelta(hours=hours)
+        cancel = create_link(case, "cancel", ttl=timedelta(hours=hours))
+        row.options = {**row.options, "cancel_link_id": str(cancel.id)}
+        record_event(actor, AuditAction.RECOVERY_RESET_SCHEDULED, tenant_id=case.tenant_id,
+                     target_user_id=case.user_id, case_id=case.id, reason=row.reason,
+                     details={"action_id": str(row.id), "execute_after": row.execute_after.isoformat(),
+                              "cooldown_hours": hours})
+        announce(case, "reset.scheduled", cancel_link=cancel)
+    else:
+        _queue(actor, case, row)
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+def request_force_mfa_reset(actor: Actor, case_id: uuid.UUID | str, *, reason: str,
+                            backup_codes_unusable: str | None = None) -> CaseAction:
+    """Decide a force MFA reset (runbook step 3); a task carries it out."""
+    case = load_case(actor, case_id, lock=True)
+    require(case, "force_mfa_reset", actor)
+    user = _case_user(case)
+    _gate(actor, case, user)
+    remaining = backup_codes_remaining(user.id)
+    if remaining and not (backup_codes_unusable and backup_codes_unusable.strip()):
+        # Runbook step 2: with codes left, the user owns the recovery; a reset needs a reason.
+        raise BackupCodesRemain(f"{remaining} backup codes remain: the user can sign in with one. To reset "
+                                "anyway, say why the codes cannot be used (backup_codes_unusable).",
+                                details={"remaining": remaining})
+    if _pending(case, "force_mfa_reset"):
+        raise Conflict("A reset is already pending on this case.", details={"state": case.state})
+    options = {"backup_codes_unusable": backup_codes_unusable.strip()} if remaining and backup_codes_unusable else {}
+    if user.privileged:
+        # Two-person rule: a senior admin other than the requester must approve.
+        row = _new_action(actor, case, "force_mfa_reset", reason, "awaiting_approval", options)
+        record_event(actor, AuditAction.RECOVERY_APPROVAL_REQUESTED, tenant_id=case.tenant_id,
+                     target_user_id=user.id, case_id=case.id, reason=reason,
+                     details={"action_id": str(row.id), "action": "force_mfa_reset"})
+        return row
+    row = _new_action(actor, case, "force_mfa_reset", reason, "queued", options)
+    _schedule_or_queue(actor, case, row)
+    return row
+
+
+def approve(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> CaseAction:
+    """The second person: a senior admin who is not the requester approves the pending reset."""
+    case = load_case(actor, case_id, lock=True)
+    require(case, "approve", actor)
+    waiting = [a for a in _pending(case) if a.status == "awaiting_approval"]
+    if not waiting:
+        raise Conflict("Nothing on this case awaits approval.", details={"state": case.state})
+    row = waiting[0]
+    if row.requested_by == actor.id:
+        raise SamePerson("The approver must be a different person from the requester.")
+    _gate(actor, case, _case_user(case))
+    row.approved_by, row.approval_reason = actor.id, reason
+    record_event(actor, AuditAction.RECOVERY_ACTION_APPROVED, tenant_id=case.tenant_id,
+                 target_user_id=case.user_id, case_id=case.id, reason=reason,
+                 details={"action_id": str(row.id), "action": row.action, "requested_by": row.requested_by})
+    _schedule_or_queue(actor, case, row)
+    return row
+
+
+def verified_phone_channel(case: RecoveryCase) -> uuid.UUID | None:
+    """The phone the user proved they hold in this case (the verification call's channel)."""
+    call = db.session.scalars(select(VerificationCall).where(
+        VerificationCall.case_id == case.id, VerificationCall.status == "verified")
+        .order_by(VerificationCall.verified_at.desc())).first()
+    return call.channel_id if call else None
+
+
+def _agents_video_call(actor: Actor, case: RecoveryCase) -> bool:
+    return db.session.scalars(select(Evidence.id).where(
+        Evidence.case_id == case.id, Evidence.accepted.is_(True), Evidence.type == "video_call",
+        Evidence.recorded_by_id == actor.id)).first() is not None
+
+
+def request_secret_delivery(actor: Actor, case_id: uuid.UUID | str, action: str, *, reason: str,
+                            delivery: str) -> tuple[CaseAction | None, list[str] | None]:
+    """Admin backup codes or a temporary password, delivered over the verified channel only.
+
+    Returns (queued action, None) for delivery by phone, or (None, codes) when the verified
+    channel is the agent's own video call: codes only, shown once in this response.
+    """
+    case = load_case(actor, case_id, lock=True)
+    require(case, action, actor)
+    user = _case_user(case)
+    _gate(actor, case, user)
+    if delivery == "video_call":
+        if action != "generate_backup_codes" or not _agents_video_call(actor, case):
+            raise NoVerifiedChannel("Only backup codes, and only to the agent who verified the user on a "
+                                    "video call, may be read out on that call.")
+        codes = issue_backup_codes(actor, user, reason=reason)
+        _after_secret_issued(case, "mfa.backup_codes_generated")
+        return None, codes
+    if verified_phone_channel(case) is None:
+        raise NoVerifiedChannel("No verified phone on this case: verify with a call to a known number "
+                                "first; secrets are never sent to an unverified channel or the ticket.")
+    if _pending(case, action):
+        raise Conflict("This action is already pending on the case.", details={"state": case.state})
+    row = _new_action(actor, case, action, reason, "queued", {"delivery": "verified_phone"})
+    _queue(actor, case, row)
+    return row, None
+
+
+def _after_secret_issued(case: RecoveryCase, event: str) -> None:
+    if case.state == m.VERIFIED:
+        move(case, m.AWAITING_ENROLMENT)
+    announce(case, event)
+
+
+# --- execution (tasks) ----------------------------------------------------------------------
+
+
+def _acting_agent(row: CaseAction) -> Actor:
+    return Actor(type="agent", id=row.requested_by, tenant_id=row.tenant_id, role=row.requested_role,
+                 ip=row.source_ip, request_id=row.request_id)
+
+
+def execute_action(action_id: uuid.UUID) -> CaseAction | None:
+    """Carry out a queued action once. A second run, a redelivery after a crash or a concurrent
+    copy finds the effect claimed (or the row no longer queued) and changes nothing."""
+    row = db.session.get(CaseAction, action_id, with_for_update=True)
+    if row is None or row.status != "queued" or not claim_effect(f"action:{action_id}"):
+        return row
+    case = db.session.scalars(select(RecoveryCase).where(RecoveryCase.id == row.case_id).with_for_update()).one()
+    actor = _acting_agent(row)
+    if case.state not in _EXECUTABLE_FROM[row.action]:
+        row.status, row.done_at = "cancelled", utcnow()
+        record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_ACTION_CANCELLED, tenant_id=case.tenant_id,
+                     target_user_id=case.user_id, case_id=case.id, reason=f"case is {case.state}",
+                     details={"action_id": str(row.id), "action": row.action})
+        return row
+    user = _case_user(case)
+    try:
+        _gate(actor, case, user)
+    except RefusedOnRescreen:
+        return row  # _gate refused the case and cancelled this action
+    _EXECUTORS[row.action](actor, case, user, row)
+    row.status, row.done_at = "done", utcnow()
+    db.session.flush()
+    _maybe_reactivate(case, user)
+    return row
+
+
+def reset_factors(user: User) -> dict[str, int]:
+    """One atomic reset: factors, unused backup codes, sessions and remembered devices, in the
+    caller's transaction. Nothing is deleted; each row records when it was invalidated."""
+    now = utcnow()
+    factors = db.session.execute(update(MfaFactor).where(
+        MfaFactor.user_id == user.id, MfaFactor.status.in_(("active", "pending"))
+    ).values(status="removed", removed_at=now).execution_options(synchronize_session=False)).rowcount
+    codes = db.session.execute(update(BackupCode).where(
+        BackupCode.user_id == user.id, BackupCode.used_at.is_(None), BackupCode.revoked_at.is_(None)
+    ).values(revoked_at=now).execution_options(synchronize_session=False)).rowcount
+    devices = db.session.execute(update(RememberedDevice).where(
+        RememberedDevice.user_id == user.id, RememberedDevice.revoked_at.is_(None)
+    ).values(revoked_at=now).execution_options(synchronize_session=False)).rowcount
+    sessions = revoke_sessions(user.id)
+    db.session.expire(user)
+    return {"factors_removed": factors or 0, "backup_codes_revoked": codes or 0,
+            "sessions_revoked": sessions, "devices_forgotten": devices or 0}
+
+
+def _do_force_reset(actor: Actor, case: RecoveryCase, user: User, row: CaseAction) -> None:
+    counts = reset_factors(user)
+    record_event(actor, AuditAction.FACTOR_ADMIN_RESET, tenant_id=case.tenant_id, target_user_id=user.id,
+                 case_id=case.id, reason=row.reason,
+                 details={**counts, "action_id": str(row.id), "approved_by": row.approved_by,
+                          "evidence": accepted_types(case), **row.options})
+    move(case, m.AWAITING_ENROLMENT)
+    announce(case, "mfa.factor_admin_reset")
+
+
+def _send_to_verified_phone(case: RecoveryCase, row: CaseAction, body: str) -> None:
+    from app.accounts.models import Channel
+    from app.messaging import send
+
+    channel = db.session.get(Channel, verified_phone_channel(case))
+    if channel is None:
+        raise NoVerifiedChannel("The verified phone is gone.")
+    send("phone", channel.value, subject="Account recovery", body=body, key=f"action:{row.id}", method="sms")
+
+
+def _do_backup_codes(actor: Actor, case: RecoveryCase, user: User, row: CaseAction) -> None:
+    codes = issue_backup_codes(actor, user, reason=row.reason)
+    _send_to_verified_phone(case, row, "Your new backup codes (each works once; store them safely): "
+                            + ", ".join(codes) + ". Sign in with your email, password and one code, "
+                            "then enrol a new factor.")
+    _after_secret_issued(case, "mfa.backup_codes_generated")
+
+
+def _do_temporary_password(actor: Actor, case: RecoveryCase, user: User, row: CaseAction) -> None:
+    password = "".join(secrets.choice(_TEMP_ALPHABET) for _ in range(TEMP_PASSWORD_LENGTH))
+    identity = user.password or PasswordIdentity(user=user, hash="")
+    db.session.add(identity)
+    identity.hash, identity.must_change, identity.temporary = hash_password(password), True, True
+    identity.expires_at, identity.used_at, identity.set_at = utcnow() + TEMP_PASSWORD_TTL, None, utcnow()
+    revoked = revoke_sessions(user.id)
+    record_event(actor, AuditAction.PASSWORD_SET_BY_ADMIN, tenant_id=case.tenant_id, target_user_id=user.id,
+                 case_id=case.id, reason=row.reason,
+                 details={"action_id": str(row.id), "generated_by": "rekey", "single_use": True,
+                          "expires_at": identity.expires_at.isoformat(), "sessions_revoked": revoked,
+                          "delivered_to": "verified_phone"})
+    _send_to_verified_phone(case, row, f"Your one-time temporary password is {password} . It works once, "
+                            "for 24 hours; you will choose a new password when you sign in.")
+    _after_secret_issued(case, "user.password_set_by_admin")
+
+
+_EXECUTORS = {"force_mfa_reset": _do_force_reset, "generate_backup_codes": _do_backup_codes,
+              "set_temporary_password": _do_temporary_password}
+_EXECUTABLE_FROM = {"force_mfa_reset": (m.VERIFIED,),
+                    "generate_backup_codes": (m.VERIFIED, m.AWAITING_ENROLMENT),
+                    "set_temporary_password": (m.VERIFIED, m.AWAITING_ENROLMENT)}
+
+
+def _maybe_reactivate(case: RecoveryCase, user: User) -> None:
+    """After a suspected attack, the real user gets the account back only once verified again
+    and both a real MFA reset and a new password have been carried out."""
+    if user.status != "suspended" or "suspected_attack" not in case.flags:
+        return
+    done = set(db.session.scalars(select(CaseAction.action).where(
+        CaseAction.case_id == case.id, CaseAction.status == "done")).all())
+    if {"force_mfa_reset", "set_temporary_password"} <= done:
+        user.status = "active"
+        record_event(Actor.system(case.tenant_id), AuditAction.USER_REACTIVATED, tenant_id=case.tenant_id,
+                     target_user_id=user.id, case_id=case.id,
+                     reason="Verified again after a suspected attack; MFA reset and password set.")

@@ -1,0 +1,209 @@
+"""The end of a case: suspicion (suspend, the "this wasn't me" and cancel links), closing the
+loop on enrolment, the follow-up of runbook step 5, the ticket comment, and closing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from sqlalchemy import select, update
+
+from app.accounts.models import RememberedDevice, SigninAttempt, User
+from app.accounts.services import revoke_sessions
+from app.actor import Actor
+from app.audit.models import AuditAction
+from app.audit.services import record_event
+from app.crypto import decrypt
+from app.errors import NotFound
+from app.extensions import db, utcnow
+from app.intake.models import Integration
+from app.intake.outbox import claim_effect, enqueue
+from app.recovery import models as m
+from app.recovery.actions import _cancel_pending, _case_user
+from app.recovery.cases import load_case, move, require
+from app.recovery.evidence import accepted_types
+from app.recovery.models import CaseAction, RecoveryCase, VerificationCall
+from app.recovery.notify import announce, channels_before, redeem_link
+
+
+def _suspend(actor: Actor, case: RecoveryCase, user: User, reason: str, how: str) -> None:
+    """Suspend the user, cut every session, void pending work, open an incident, tell the user."""
+    previous = case.state
+    user.status = "suspended"
+    sessions = revoke_sessions(user.id)
+    db.session.execute(update(RememberedDevice).where(
+        RememberedDevice.user_id == user.id, RememberedDevice.revoked_at.is_(None)
+    ).values(revoked_at=utcnow()).execution_options(synchronize_session=False))
+    db.session.execute(update(VerificationCall).where(
+        VerificationCall.case_id == case.id, VerificationCall.status.in_(("pending", "sent"))
+    ).values(status="expired", code_encrypted=None).execution_options(synchronize_session=False))
+    _cancel_pending(actor, case, "suspected attack")
+    case.flags = sorted(set(case.flags) | {"suspected_attack"})
+    case.closed_at = None
+    move(case, m.SUSPECTED_ATTACK)
+    record_event(actor, AuditAction.USER_SUSPENDED, tenant_id=case.tenant_id, target_user_id=user.id,
+                 case_id=case.id, reason=reason, details={"sessions_revoked": sessions, "via": how})
+    record_event(actor, AuditAction.SECURITY_INCIDENT_OPENED, tenant_id=case.tenant_id, target_user_id=user.id,
+                 case_id=case.id, reason=reason,
+                 details={"kind": "suspected_social_engineering", "from_state": previous, "via": how,
+                          "evidence": accepted_types(case),
+                          "required_to_recover": ["senior_admin_resume", "verification",
+                                                  "force_mfa_reset", "set_temporary_password"]})
+    announce(case, "user.suspended")
+
+
+def suspend_user(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> RecoveryCase:
+    """The runbook's "it was a social-engineering attack": suspend and treat as an incident."""
+    case = load_case(actor, case_id, lock=True)
+    require(case, "suspend_user", actor)
+    _suspend(actor, case, _case_user(case), reason, "agent")
+    return case
+
+
+def report_not_me(token: str, ip: str | None) -> None:
+    """The notice's "this wasn't me" link: works without signing in, once."""
+    link = redeem_link(token, "report")
+    if link is None:
+        raise NotFound("This link is not valid (used, expired or never issued).")
+    case = db.session.scalars(select(RecoveryCase).where(RecoveryCase.id == link.case_id).with_for_update()).one()
+    user = _case_user(case)
+    actor = Actor(type="user_report", id=str(user.id), tenant_id=case.tenant_id, ip=ip)
+    record_event(actor, AuditAction.RECOVERY_REPORTED_NOT_ME, tenant_id=case.tenant_id, target_user_id=user.id,
+                 case_id=case.id, details={"link_id": str(link.id)})
+    if case.state != m.SUSPECTED_ATTACK:
+        _suspend(actor, case, user, "The user reported the recovery was not them.", "report_link")
+
+
+def cancel_scheduled_reset(token: str, ip: str | None) -> None:
+    """The cooldown notice's cancel link: stop the reset, and treat the case as an attack."""
+    link = redeem_link(token, "cancel")
+    if link is None:
+        raise NotFound("This link is not valid (used, expired or never issued).")
+    case = db.session.scalars(select(RecoveryCase).where(RecoveryCase.id == link.case_id).with_for_update()).one()
+    user = _case_user(case)
+    actor = Actor(type="user_report", id=str(user.id), tenant_id=case.tenant_id, ip=ip)
+    if case.state != m.SUSPECTED_ATTACK:
+        _suspend(actor, case, user, "The user cancelled a scheduled reset from the notice.", "cancel_link")
+
+
+def run_due_scheduled(limit: int = 100) -> int:
+    """Beat: queue the scheduled resets whose cooldown has passed."""
+    stmt = select(CaseAction).where(CaseAction.status == "scheduled",
+                                    CaseAction.execute_after <= utcnow()).limit(limit)
+    if db.engine.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    rows = db.session.scalars(stmt).all()
+    for row in rows:
+        row.status = "queued"
+        enqueue("rekey.recovery.execute_action", action_id=str(row.id))
+    return len(rows)
+
+
+def on_factor_enrolled(user: User, actor: Actor) -> None:
+    """Close the loop: an enrolment during a verified case recovers it (runbook step 4)."""
+    case = db.session.scalars(select(RecoveryCase).where(
+        RecoveryCase.user_id == user.id, RecoveryCase.state.in_((m.VERIFIED, m.AWAITING_ENROLMENT))
+    ).with_for_update()).first()
+    if case is None:
+        return
+    known = set(db.session.scalars(select(SigninAttempt.ip).where(
+        SigninAttempt.user_id == user.id, SigninAttempt.result == "succeeded",
+        SigninAttempt.occurred_at < case.opened_at)).all())
+    if actor.ip not in known:
+        # Enrolment from an address never seen for this user: the agent should look again.
+        case.flags = sorted(set(case.flags) | {"enrolment_from_new_ip"})
+    move(case, m.RECOVERED)
+    record_event(actor, AuditAction.RECOVERY_RECOVERED, tenant_id=case.tenant_id, target_user_id=user.id,
+                 case_id=case.id, details={"new_ip": actor.ip not in known})
+    announce(case, "mfa.factor_enrolled")
+    enqueue("rekey.recovery.follow_up", case_id=str(case.id))
+
+
+FOLLOW_UP = ("Your account recovery is complete. At your request we verified your identity out of band"
+             "{reset}, and you have enrolled a new sign-in factor. Please generate backup codes now and "
+             "store them somewhere safe: they let you recover on your own next time. Every step of this "
+             "recovery is recorded in our audit log for review. Case {case}.")
+
+
+def send_follow_up(case_id: uuid.UUID) -> bool:
+    """Runbook step 5, once: the brief follow-up to the user, then the ticket comment, then close."""
+    from app.messaging import send
+
+    case = db.session.scalars(select(RecoveryCase).where(RecoveryCase.id == case_id).with_for_update()).first()
+    if case is None or case.state not in (m.RECOVERED, m.CLOSED) or not claim_effect(f"case:{case_id}:follow_up"):
+        return False
+    reset = db.session.scalars(select(CaseAction.id).where(
+        CaseAction.case_id == case.id, CaseAction.action == "force_mfa_reset", CaseAction.status == "done")).first()
+    text = FOLLOW_UP.format(reset=" and removed your old MFA factors" if reset else "", case=case.id)
+    emails = [c for c in channels_before(case) if c.kind == "email"]
+    for channel in emails:
+        send("email", channel.value, subject="Your account recovery is complete", body=text,
+             key=f"follow-up:{case.id}:{channel.id}")
+    record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_FOLLOW_UP_SENT, tenant_id=case.tenant_id,
+                 target_user_id=case.user_id, case_id=case.id, details={"emails": len(emails)})
+    if case.integration_id and case.ticket_id:
+        enqueue("rekey.recovery.post_ticket_comment", case_id=str(case.id))
+    if case.state == m.RECOVERED:
+        move(case, m.CLOSED)
+        record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_CLOSED, tenant_id=case.tenant_id,
+                     target_user_id=case.user_id, case_id=case.id, reason="Recovered; follow-up sent.")
+    return True
+
+
+def _ticket_comment(case: RecoveryCase) -> str:
+    reset = db.session.scalars(select(CaseAction).where(
+        CaseAction.case_id == case.id, CaseAction.status == "done")).all()
+    done = ", ".join(sorted({a.action for a in reset})) or "none (the user recovered on their own)"
+    return (f"Rekey: the account recovery for this request is complete (case {case.id}). "
+            f"Identity verified out of band by: {', '.join(accepted_types(case)) or 'n/a'}. "
+            f"Admin actions: {done}. The user enrolled a new factor and was sent a follow-up. "
+            "No codes or passwords are ever shared in tickets; the audit log holds the details.")
+
+
+def post_ticket_comment(case_id: uuid.UUID) -> str | None:
+    """Post the status comment on the originating ticket, once (the vendor's API, signed where
+    it supports it). Transient failures raise for a retry; the effect is claimed first."""
+    from integrations.base import TicketRef
+    from integrations.registry import ticketing_client
+
+    case = db.session.get(RecoveryCase, case_id)
+    if case is None or case.integration_id is None or case.ticket_id is None:
+        return None
+    integration = db.session.get(Integration, case.integration_id)
+    if integration is None or not claim_effect(f"case:{case_id}:ticket_comment"):
+        return None
+    credentials: dict[str, Any] = json.loads(decrypt(integration.outbound_encrypted)) if integration.outbound_encrypted else {}
+    if integration.kind == "standard":
+        credentials = {"secret": decrypt(integration.secret_encrypted), **credentials}
+        base_url = integration.callback_url or ""
+    else:
+        base_url = credentials.pop("base_url", "")
+    if not base_url:
+        return None  # no outbound configured for this integration: nothing to post to
+    ref = TicketRef(base_url=base_url, ticket_id=case.ticket_id, credentials=credentials)
+    remote_id = ticketing_client(integration.kind).post_comment(ref, _ticket_comment(case),
+                                                                idempotency_key=f"rekey-case-{case.id}")
+    record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_TICKET_COMMENTED, tenant_id=case.tenant_id,
+                 target_user_id=case.user_id, case_id=case.id,
+                 details={"integration_id": str(integration.id), "remote_id": remote_id[:100]})
+    return remote_id
+
+
+def request_follow_up(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> RecoveryCase:
+    """Queue the follow-up (sent at most once per case, whoever asks)."""
+    case = load_case(actor, case_id, lock=True)
+    require(case, "send_follow_up", actor)
+    enqueue("rekey.recovery.follow_up", case_id=str(case.id))
+    return case
+
+
+def close_case(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> RecoveryCase:
+    """Close a recovered case by hand."""
+    case = load_case(actor, case_id, lock=True)
+    require(case, "close", actor)
+    move(case, m.CLOSED)
+    record_event(actor, AuditAction.RECOVERY_CLOSED, tenant_id=case.tenant_id, target_user_id=case.user_id,
+                 case_id=case.id, reason=reason)
+    return case
+
