@@ -30,7 +30,11 @@ class AgentLogin:
 
 class Factory:
     def __init__(self, app: Any):
+        from app.extensions import utcnow
+
         self.app = app
+        self.started_at = utcnow()
+        self._drained: set[uuid.UUID] = set()
 
     def tenant(self, **settings: Any) -> Tenant:
         with self.app.app_context():
@@ -110,3 +114,28 @@ class RecoveryFactory(Factory):
             case = screen_case(uuid.UUID(case_id))
             db.session.commit()
             return case.state if case else "missing"
+
+    def drain_tasks(self, *, rounds: int = 10) -> list[str]:
+        """Run, in this process, every task the outbox queued since this factory was made, until
+        none is left: the same task code the worker runs, without a broker (the worker tests
+        run the real thing)."""
+        from sqlalchemy import select
+
+        from app.intake.models import OutboxMessage
+
+        ran: list[str] = []
+        celery = self.app.extensions["celery"]
+        for _ in range(rounds):
+            with self.app.app_context():
+                rows = db.session.execute(
+                    select(OutboxMessage.id, OutboxMessage.task, OutboxMessage.kwargs)
+                    .where(OutboxMessage.created_at >= self.started_at).order_by(OutboxMessage.created_at)
+                ).all()
+            todo = [r for r in rows if r.id not in self._drained]
+            if not todo:
+                return ran
+            for row in todo:
+                self._drained.add(row.id)
+                celery.tasks[row.task](**row.kwargs)
+                ran.append(row.task)
+        raise AssertionError(f"tasks kept queueing more tasks: {ran[-20:]}")
