@@ -34,8 +34,10 @@ from app.tenants.models import Tenant
 
 _EMAIL = re.compile(r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
 # A note that looks like a one-time code or a backup code is refused: agents must never paste a
-# secret into the permanent record.
-_LOOKS_LIKE_SECRET = re.compile(r"(?<![\w-])(\d{6,8}|[a-z2-7]{5}(?:-[a-z2-7]{5}){3})(?![\w-])", re.I)
+# secret into the permanent record. Codes are matched in every form sign-in accepts them: a
+# TOTP code as apps display it ("492 817"), a backup code with dashes, spaces or none.
+_OTP_LIKE = re.compile(r"(?<![\w-])(?:\d{6,8}|\d{3} \d{3}|\d{4} \d{4})(?![\w-])")
+_BACKUP_CODE_LIKE = re.compile(r"(?<![\w-])[a-z2-7]{5}(?:[ -]?[a-z2-7]{5}){3}(?![\w-])", re.I)
 MIN_PASSWORD_LENGTH = 12
 
 
@@ -244,6 +246,18 @@ def describe_user(actor: Actor, user_id: uuid.UUID | str) -> dict[str, Any]:
     }
 
 
+def _looks_like_secret(text: str) -> bool:
+    if _OTP_LIKE.search(text):
+        return True
+    for match in _BACKUP_CODE_LIKE.finditer(text):
+        found = match.group(0)
+        # Four five-letter words in a row are ordinary prose ("users think these codes"); a
+        # code with dashes, with one of the digits 2-7 (98% of codes) or in capitals is not.
+        if "-" in found or any(c in "234567" for c in found) or found.isupper():
+            return True
+    return False
+
+
 def add_note(actor: Actor, user_id: uuid.UUID | str, body: str) -> Note:
     """Record a manual note on the user (and in the audit trail)."""
     assert actor.tenant_id is not None and actor.id is not None
@@ -252,7 +266,7 @@ def add_note(actor: Actor, user_id: uuid.UUID | str, body: str) -> Note:
     clean = "".join(ch if ch == "\n" or unicodedata.category(ch)[0] != "C" else " " for ch in body).strip()
     if not clean:
         raise ValidationFailed("A note needs text.", details={"field": "body"})
-    if _LOOKS_LIKE_SECRET.search(clean):
+    if _looks_like_secret(clean):
         raise RuleRefused("The note looks like it contains a code; never record secrets in notes.")
     note = Note(tenant_id=user.tenant_id, user_id=user.id, author_id=uuid.UUID(actor.id), body=clean)
     db.session.add(note)
