@@ -3,7 +3,10 @@ ticketing-client kinds) to an implementation."""
 
 from __future__ import annotations
 
-from integrations.base import WebhookAdapter
+from collections.abc import Mapping
+from typing import Any
+
+from integrations.base import MessageChannel, TicketingClient, WebhookAdapter
 from integrations.hr.generic import HRAdapter
 from integrations.ticketing.jira import JiraAdapter
 from integrations.ticketing.standard import StandardAdapter
@@ -37,3 +40,52 @@ def webhook_adapter(kind: str) -> WebhookAdapter:
         return _WEBHOOK_ADAPTERS[kind]
     except KeyError:
         raise UnknownKindError("webhook", kind, WEBHOOK_KINDS) from None
+
+
+# --- Outbound: message channels and ticketing clients ---------------------------------------------
+# Built per call from the integration's (or the deployment's) settings: a config dataclass, or a
+# mapping of its fields. Implementations are imported here so a kind that is never used costs
+# nothing at start-up.
+
+MESSAGE_CHANNEL_KINDS: tuple[str, ...] = ("dev", "twilio", "smtp")
+TICKETING_CLIENT_KINDS: tuple[str, ...] = ("zendesk", "jira", "standard")
+
+
+def _config(cls: type[Any], config: Any) -> Any:
+    if config is None or isinstance(config, cls):
+        return config
+    if isinstance(config, Mapping):
+        return cls(**config)
+    raise TypeError(f"expected {cls.__name__} or a mapping, got {type(config).__name__}")
+
+
+def message_channel(kind: str, config: Any = None) -> MessageChannel:
+    """The `MessageChannel` for a kind (dev|twilio|smtp); UnknownKindError if none."""
+    if kind == "dev":
+        from integrations.channels.dev import DevChannel, DevChannelConfig
+
+        return DevChannel(_config(DevChannelConfig, config))
+    if kind == "twilio":
+        from integrations.channels.twilio import TwilioChannel, TwilioConfig
+
+        return TwilioChannel(_config(TwilioConfig, config))
+    if kind == "smtp":
+        from integrations.channels.smtp import SmtpChannel, SmtpConfig
+
+        return SmtpChannel(_config(SmtpConfig, config))
+    raise UnknownKindError("message channel", kind, MESSAGE_CHANNEL_KINDS)
+
+
+def ticketing_client(kind: str, config: Any = None) -> TicketingClient:
+    """The `TicketingClient` for a kind (zendesk|jira|standard); UnknownKindError if none."""
+    from integrations.ticketing import outbound
+
+    classes: dict[str, type[Any]] = {
+        "zendesk": outbound.ZendeskClient,
+        "jira": outbound.JiraClient,
+        "standard": outbound.StandardWebhookClient,
+    }
+    if kind not in classes:
+        raise UnknownKindError("ticketing client", kind, TICKETING_CLIENT_KINDS)
+    client: TicketingClient = classes[kind](_config(outbound.TicketingClientConfig, config))
+    return client
