@@ -22,7 +22,14 @@ from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
 from app.crypto import decrypt, encrypt
-from app.errors import Conflict, NotFound, RuleRefused, Unauthenticated, ValidationFailed
+from app.errors import (
+    Conflict,
+    NotFound,
+    RekeyError,
+    RuleRefused,
+    Unauthenticated,
+    ValidationFailed,
+)
 from app.extensions import db, utcnow
 from app.intake.models import Integration, WebhookDelivery
 from app.recovery.cases import RecoveryRequest, open_case
@@ -164,7 +171,14 @@ def receive_delivery(integration: Integration, headers: Mapping[str, str], body:
     tenant = db.session.get(Tenant, integration.tenant_id)
     assert tenant is not None
     actor = Actor(type="integration", id=str(integration.id), tenant_id=tenant.id)
-    answer = _act(tenant, integration, actor, event)
+    try:
+        answer = _act(tenant, integration, actor, event)
+    except RekeyError as exc:
+        if exc.keep_changes:
+            # The refusal is committed (its audit row), and this delivery with it: remember the
+            # refusal, so the sender's retry gets it again and not an empty 200 it reads as done.
+            delivery.status_code, delivery.response = exc.status, exc.to_body()
+        raise
     delivery.status_code, delivery.response = answer.status_code, answer.body
     return answer
 
@@ -175,7 +189,9 @@ def _repeat_answer(integration: Integration, delivery_id: str) -> IntakeAnswer:
         WebhookDelivery.delivery_id == delivery_id[:200])).first()
     if first is None:  # the first copy rolled back; the sender's retry will be processed
         raise Conflict("This delivery is being processed; retry later.")
-    return IntakeAnswer(200, dict(first.response))
+    # A repeat of an accepted delivery is a 200 with the first body; a repeat of a refusal
+    # that was kept is the same refusal.
+    return IntakeAnswer(200 if first.status_code < 300 else first.status_code, dict(first.response))
 
 
 def _act(tenant: Tenant, integration: Integration, actor: Actor, event: base.InboundEvent) -> IntakeAnswer:
