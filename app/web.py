@@ -57,15 +57,15 @@ def _check_values(value: Any, depth: int = 0) -> None:
             _check_values(item, depth + 1)
 
 
-def _check_text(text: str) -> None:
+def _check_text(text: str, where: str = "JSON body") -> None:
     # PostgreSQL text cannot hold NUL, and lone surrogates cannot be encoded: both would
     # otherwise surface as a 500 deep in a flush.
     if "\x00" in text:
-        raise MalformedRequest("The JSON body contains a NUL character.")
+        raise MalformedRequest(f"The {where} contains a NUL character.")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise MalformedRequest("The JSON body contains an unpaired surrogate.") from exc
+        raise MalformedRequest(f"The {where} contains an unpaired surrogate.") from exc
 
 
 def loads_strict(raw: bytes | str) -> Any:
@@ -88,6 +88,13 @@ class StrictParser(FlaskParser):
         if not req.is_json:
             raise UnsupportedMediaType("Send the body as application/json.")
         return loads_strict(data)
+
+    def load_querystring(self, req: Any, schema: Any) -> Any:
+        # Query values reach SQL filters and audit details as text, like body values do.
+        for key, values in req.args.lists():
+            for text in (key, *values):
+                _check_text(text, "query string")
+        return super().load_querystring(req, schema)
 
 
 class Blueprint(flask_smorest.Blueprint):
@@ -116,15 +123,18 @@ def install_request_lifecycle(app: Flask) -> None:
             except IntegrityError:
                 db.session.rollback()
                 log.warning("commit_conflict", path=request.path)
-                return error_response(409, "conflict", "A concurrent request changed this first; retry.")
+                return error_response(409, "conflict",
+                                      "A concurrent request changed this first; retry.")
             except OperationalError:
                 db.session.rollback()
                 log.exception("commit_failed", path=request.path)
-                return error_response(503, "unavailable", "The database is unavailable; nothing was changed.")
+                return error_response(503, "unavailable",
+                                      "The database is unavailable; nothing was changed.")
             except SQLAlchemyError:
                 db.session.rollback()
                 log.exception("commit_failed", path=request.path)
-                return error_response(500, "internal_error", "An internal error occurred; nothing was changed.")
+                return error_response(500, "internal_error",
+                                      "An internal error occurred; nothing was changed.")
         else:
             db.session.rollback()
         return response
@@ -155,7 +165,8 @@ def agent_required(*roles: str) -> Callable[[F], F]:
 
             agent = authenticate_agent(_bearer())
             if roles and agent.role not in roles:
-                raise Forbidden("Your role may not do this.", details={"required_roles": list(roles)})
+                raise Forbidden("Your role may not do this.",
+                                details={"required_roles": list(roles)})
             g.actor = Actor(
                 type="agent", id=str(agent.id), tenant_id=agent.tenant_id, role=agent.role,
                 ip=client_ip(), request_id=g.request_id,

@@ -1,6 +1,17 @@
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from datetime import UTC, datetime
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+
+def _representable_in_utc(moment: datetime) -> None:
+    # 9999-12-31T23:59-14:00 is a valid ISO time whose UTC form does not exist: without this
+    # check it fails deep in the query, after the export has started.
+    try:
+        moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValidationError("The time is out of range.") from exc
 
 
 class AuditQuery(Schema):
@@ -8,8 +19,8 @@ class AuditQuery(Schema):
     actor = fields.String(validate=validate.Length(max=64))
     user = fields.UUID()
     case = fields.UUID()
-    since = fields.AwareDateTime(default_timezone=None)
-    until = fields.AwareDateTime(default_timezone=None)
+    since = fields.AwareDateTime(default_timezone=None, validate=_representable_in_utc)
+    until = fields.AwareDateTime(default_timezone=None, validate=_representable_in_utc)
     format = fields.String(load_default="jsonl", validate=validate.OneOf(["jsonl", "csv"]))
 
 

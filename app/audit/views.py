@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, stream_with_context
+from marshmallow import RAISE
 
 from app.audit.models import AuditAction
 from app.audit.schemas import AuditQuery, ChainReportOut
@@ -17,7 +18,9 @@ blp = Blueprint("audit", __name__, url_prefix="/v1/admin/audit", description="Au
 
 @blp.route("", methods=["GET"])
 @agent_required()
-@blp.arguments(AuditQuery, location="query")
+# An unknown parameter is refused, not ignored: a misspelt filter (`acton=`) would otherwise
+# hand a compliance officer the whole trail as if it were the filtered one.
+@blp.arguments(AuditQuery, location="query", unknown=RAISE)
 @blp.response(200, content_type="application/x-ndjson",
               description="One JSON object a line (or CSV with format=csv), in seq order.")
 def export(query: dict[str, Any]) -> Any:
