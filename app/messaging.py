@@ -22,7 +22,9 @@ def phone_channel() -> MessageChannel:
         return TwilioChannel(TwilioConfig(account_sid=settings.twilio_account_sid,
                                           auth_token=settings.twilio_auth_token,
                                           from_number=settings.twilio_from,
-                                          base_url=settings.twilio_base_url))
+                                          base_url=settings.twilio_base_url,
+                                          status_callback=settings.public_url.rstrip("/")
+                                          + "/v1/webhooks/twilio/status"))
     return DevChannel(DevChannelConfig(path=settings.dev_outbox))
 
 

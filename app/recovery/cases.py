@@ -71,6 +71,9 @@ def require(case: RecoveryCase, action: str, actor: Actor) -> None:
     if case.state == m.ESCALATED and actor.type == "agent" and not actor.is_senior_admin:
         raise CaseEscalated("The case is escalated; only a senior admin may act on it.",
                             details={"state": case.state})
+    if actor.type == "agent" and case.user_id is not None and _is_own_account(actor, case):
+        # Separation of duties: nobody recovers, resets or approves their own account.
+        raise Forbidden("Agents cannot act on their own account's recovery.", code="own_account")
     if action in SENIOR_ONLY and not actor.is_senior_admin:
         raise Forbidden("Only a senior admin may do this.", details={"action": action})
     if case.state not in ALLOWED_FROM[action]:
@@ -79,6 +82,14 @@ def require(case: RecoveryCase, action: str, actor: Actor) -> None:
             details={"state": case.state, "allowed_from": list(ALLOWED_FROM[action]),
                      "allowed_actions": allowed_actions(case, actor)},
         )
+
+
+def _is_own_account(actor: Actor, case: RecoveryCase) -> bool:
+    from app.tenants.models import Agent
+
+    agent = db.session.get(Agent, uuid.UUID(actor.id)) if actor.id else None
+    user = db.session.get(User, case.user_id)
+    return agent is not None and user is not None and agent.email == user.email
 
 
 def load_case(actor: Actor, case_id: uuid.UUID | str, *, lock: bool = False) -> RecoveryCase:

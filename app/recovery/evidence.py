@@ -317,7 +317,21 @@ def record_callback_result(tenant: Tenant, actor: Actor, data: dict[str, Any]) -
         call = None
     if call is None:
         raise NotFound("No such verification call.")
-    status = str(data.get("status") or "")
+    return _apply_provider_status(call, actor, str(data.get("status") or ""))
+
+
+def record_provider_status(provider_id: str, status: str | None) -> VerificationCall | None:
+    """Twilio's signed status callback, matched to the call by the provider's id."""
+    call = db.session.scalars(select(VerificationCall).where(
+        VerificationCall.provider_id == provider_id).with_for_update()).first()
+    if call is None or status is None:
+        return call
+    return _apply_provider_status(call, Actor(type="provider", id="twilio", tenant_id=call.tenant_id), status)
+
+
+def _apply_provider_status(call: VerificationCall, actor: Actor, status: str) -> VerificationCall:
+    tenant = db.session.get(Tenant, call.tenant_id)
+    assert tenant is not None
     if status in ("failed", "no_answer") and call.status in ("pending", "sent"):
         call.status, call.code_encrypted = "failed", None
         record_event(actor, AuditAction.RECOVERY_VERIFICATION_CALL_FAILED, tenant_id=tenant.id,
