@@ -77,6 +77,8 @@ class Settings:
     smtp_from: str = field(default_factory=lambda: _env("REKEY_SMTP_FROM", "rekey@localhost"))
     smtp_starttls: bool = field(default_factory=lambda: _env("REKEY_SMTP_STARTTLS", "1") == "1")
 
+    # Accepted deliveries per integration per minute before the intake answers 429.
+    webhook_rate_per_minute: int = field(default_factory=lambda: _int("REKEY_WEBHOOK_RATE_PER_MINUTE", 120))
     # Tasks: retries with exponential backoff from this base (seconds), then a dead letter.
     task_retry_base_seconds: float = field(default_factory=lambda: float(_env("REKEY_TASK_RETRY_BASE_SECONDS", "2")))
     task_max_retries: int = field(default_factory=lambda: _int("REKEY_TASK_MAX_RETRIES", 8))

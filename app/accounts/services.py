@@ -32,7 +32,9 @@ from app.errors import Forbidden, NotFound, RuleRefused, Unauthenticated, Valida
 from app.extensions import db, utcnow
 from app.tenants.models import Tenant
 
-_EMAIL = re.compile(r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+_EMAIL = re.compile(
+    r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@"
+    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
 # A note that looks like a one-time code or a backup code is refused: agents must never paste a
 # secret into the permanent record. Codes are matched in every form sign-in accepts them: a
 # TOTP code as apps display it ("492 817"), a backup code with dashes, spaces or none.

@@ -52,7 +52,8 @@ class WebhookDelivery(db.Model):  # type: ignore[name-defined]
     first answer and create nothing; rows are kept 30 days (senders retry for up to ~4)."""
 
     __tablename__ = "webhook_deliveries"
-    __table_args__ = (UniqueConstraint("integration_id", "delivery_id"),)
+    __table_args__ = (UniqueConstraint("integration_id", "delivery_id"),
+                      Index("ix_webhook_deliveries_integration_time", "integration_id", "received_at"))
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     integration_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("integrations.id"))

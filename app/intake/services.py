@@ -15,7 +15,8 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, select
+from flask import current_app
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
 from app.actor import Actor
@@ -25,6 +26,7 @@ from app.crypto import decrypt, encrypt
 from app.errors import (
     Conflict,
     NotFound,
+    RateLimited,
     RekeyError,
     RuleRefused,
     Unauthenticated,
@@ -154,6 +156,7 @@ def verify_delivery(integration: Integration, headers: Mapping[str, str], body: 
 def receive_delivery(integration: Integration, headers: Mapping[str, str], body: bytes) -> IntakeAnswer:
     """Verify, dedupe, and act on one webhook delivery (the caller commits)."""
     delivery_id = verify_delivery(integration, headers, body)
+    _throttle(integration)
     payload = loads_strict(body)
     try:
         event = webhook_adapter(integration.kind).parse(headers, payload)
@@ -181,6 +184,18 @@ def receive_delivery(integration: Integration, headers: Mapping[str, str], body:
         raise
     delivery.status_code, delivery.response = answer.status_code, answer.body
     return answer
+
+
+def _throttle(integration: Integration) -> None:
+    """Refuse a flood from one integration (a looping trigger, or a stolen secret)."""
+    limit = current_app.extensions["rekey.settings"].webhook_rate_per_minute
+    recent = db.session.scalar(select(func.count()).select_from(WebhookDelivery).where(
+        WebhookDelivery.integration_id == integration.id,
+        WebhookDelivery.received_at >= utcnow() - timedelta(seconds=60))) or 0
+    if recent >= limit:
+        log.warning("webhook_rate_limited", integration_id=str(integration.id), recent=recent)
+        raise RateLimited("Too many deliveries from this integration; slow down.", retry_after=60,
+                          details={"limit_per_minute": limit})
 
 
 def _repeat_answer(integration: Integration, delivery_id: str) -> IntakeAnswer:

@@ -173,7 +173,8 @@ def post_ticket_comment(case_id: uuid.UUID) -> str | None:
     integration = db.session.get(Integration, case.integration_id)
     if integration is None or not claim_effect(f"case:{case_id}:ticket_comment"):
         return None
-    credentials: dict[str, Any] = json.loads(decrypt(integration.outbound_encrypted)) if integration.outbound_encrypted else {}
+    credentials: dict[str, Any] = (json.loads(decrypt(integration.outbound_encrypted))
+                                   if integration.outbound_encrypted else {})
     if integration.kind == "standard":
         credentials = {"secret": decrypt(integration.secret_encrypted), **credentials}
         base_url = integration.callback_url or ""

@@ -23,7 +23,7 @@ from app.errors import NotFound, RuleRefused
 from app.extensions import db, utcnow
 from app.intake.outbox import enqueue
 from app.recovery import models as m
-from app.recovery.cases import move, load_case, require
+from app.recovery.cases import load_case, move, require
 from app.recovery.models import Evidence, RecoveryCase, VerificationCall
 from app.tenants.models import Agent, Tenant
 

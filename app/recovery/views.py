@@ -14,9 +14,9 @@ from app.recovery.schemas import (
     CaseListQuery,
     CaseSummary,
     ConfirmIn,
-    LinkOut,
     EvidenceIn,
     EvidenceOut,
+    LinkOut,
     VerificationCallIn,
     VerificationCallOut,
 )
