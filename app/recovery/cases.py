@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from app.accounts.models import User
 from app.accounts.services import find_user_by_email, normalize_email
@@ -148,38 +149,54 @@ def open_case(tenant: Tenant, actor: Actor, request: RecoveryRequest, *,
     (refused as unverifiable by the screen), and repeats for it join that case like a real one.
     """
     user, email = _find_user(tenant, request)
-    existing = None
+    existing = _open_case_for(tenant, user, email)
+    if existing is None:
+        case = RecoveryCase(
+            id=uuid.uuid4(), tenant_id=tenant.id, user_id=user.id if user else None, requested_email=email,
+            state=m.RECEIVED, integration_id=integration_id, ticket_id=request.ticket_id,
+            requester_email=(request.requester_email or "")[:320].lower() or None,
+            subject=(request.subject or "")[:500] or None, text=(request.text or "")[:10_000] or None,
+            opened_at=utcnow(), flags=[],
+        )
+        try:
+            # A concurrent request for the same user may insert its case first: the unique
+            # open-case index holds this insert until that one commits, then refuses it. Undo
+            # only this insert (the savepoint) and join the case that won.
+            with db.session.begin_nested():
+                db.session.add(case)
+        except IntegrityError:
+            existing = _open_case_for(tenant, user, email)
+            if existing is None:
+                raise
+        else:
+            record_event(actor, AuditAction.RECOVERY_REQUESTED, tenant_id=tenant.id,
+                         target_user_id=case.user_id, case_id=case.id,
+                         details={"joined": False, "ticket_id": request.ticket_id,
+                                  "integration_id": str(integration_id) if integration_id else None})
+            # The screen runs in a task, so a broker outage delays it and loses nothing.
+            enqueue("rekey.recovery.screen_case", case_id=str(case.id))
+            return case, False
+    existing.requests += 1
+    existing.updated_at = utcnow()
+    record_event(actor, AuditAction.RECOVERY_REQUESTED, tenant_id=tenant.id,
+                 target_user_id=existing.user_id, case_id=existing.id,
+                 details={"joined": True, "ticket_id": request.ticket_id})
+    return existing, True
+
+
+def _open_case_for(tenant: Tenant, user: User | None, email: str | None) -> RecoveryCase | None:
+    """The case a new request joins: the user's open case, or for an unknown account a recent
+    case for the same email (locked, so concurrent joins count every request)."""
     if user is not None:
-        existing = db.session.scalars(select(RecoveryCase).where(
+        return db.session.scalars(select(RecoveryCase).where(
             RecoveryCase.user_id == user.id, RecoveryCase.state.in_(m.OPEN_STATES)).with_for_update()).first()
-    elif email:
-        existing = db.session.scalars(select(RecoveryCase).where(
+    if email:
+        return db.session.scalars(select(RecoveryCase).where(
             RecoveryCase.tenant_id == tenant.id, RecoveryCase.user_id.is_(None),
             RecoveryCase.requested_email == email,
             RecoveryCase.opened_at >= utcnow() - timedelta(hours=int(tenant.setting("verification_ttl_hours"))),
         ).with_for_update()).first()
-    if existing is not None:
-        existing.requests += 1
-        existing.updated_at = utcnow()
-        record_event(actor, AuditAction.RECOVERY_REQUESTED, tenant_id=tenant.id,
-                     target_user_id=existing.user_id, case_id=existing.id,
-                     details={"joined": True, "ticket_id": request.ticket_id})
-        return existing, True
-    case = RecoveryCase(
-        id=uuid.uuid4(), tenant_id=tenant.id, user_id=user.id if user else None, requested_email=email,
-        state=m.RECEIVED, integration_id=integration_id, ticket_id=request.ticket_id,
-        requester_email=(request.requester_email or "")[:320].lower() or None,
-        subject=(request.subject or "")[:500] or None, text=(request.text or "")[:10_000] or None,
-        opened_at=utcnow(), flags=[],
-    )
-    db.session.add(case)
-    db.session.flush()
-    record_event(actor, AuditAction.RECOVERY_REQUESTED, tenant_id=tenant.id, target_user_id=case.user_id,
-                 case_id=case.id, details={"joined": False, "ticket_id": request.ticket_id,
-                                           "integration_id": str(integration_id) if integration_id else None})
-    # The screen runs in a task, so a broker outage delays it and loses nothing.
-    enqueue("rekey.recovery.screen_case", case_id=str(case.id))
-    return case, False
+    return None
 
 
 def screen_case(case_id: uuid.UUID) -> RecoveryCase | None:
