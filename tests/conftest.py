@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -126,6 +127,54 @@ def pg(database_url: str) -> str:
     need("postgres")
     assert database_url.startswith("postgresql")
     return database_url
+
+
+class FrozenClock:
+    """What `app.accounts.mfa` reads as `time.time()`; `advance` moves it by TOTP steps."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, steps: int = 1) -> float:
+        self.now += 30 * steps
+        return self.now
+
+
+@pytest.fixture
+def totp_clock(monkeypatch: pytest.MonkeyPatch) -> FrozenClock:
+    """Freeze the clock TOTP checks use (mid-step, so a code never straddles a boundary)."""
+    from app.accounts import mfa
+
+    clock = FrozenClock((int(time.time()) // 30) * 30 + 15.0)
+    monkeypatch.setattr(mfa, "time", clock)
+    return clock
+
+
+@pytest.fixture(scope="module")
+def world(app: Any) -> Any:
+    """One tenant, support agent and user shared by a module's tests that only read them (or
+    write rows they count before and after): saves the argon2 work of a user per test."""
+    from types import SimpleNamespace
+
+    from tests.factories import Factory
+
+    build = Factory(app)
+    tenant = build.tenant()
+    return SimpleNamespace(tenant=tenant, agent=build.agent(tenant), user=build.user(tenant))
+
+
+@pytest.fixture
+def tune(app: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Override settings for one test: `tune(signin_max_failures=3)`."""
+
+    def apply(**changes: Any) -> None:
+        current = app.extensions["rekey.settings"]
+        monkeypatch.setitem(app.extensions, "rekey.settings", replace(current, **changes))
+
+    return apply
 
 
 os.environ.setdefault("REKEY_ENV", "test")

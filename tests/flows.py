@@ -1,0 +1,95 @@
+"""Shortcuts that put a user in a known state without the HTTP round trips (and argon2 work) a
+test is not about, plus the few API calls many tests make."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pyotp
+from sqlalchemy import select
+
+from app.accounts.mfa import confirm_totp_enrolment, issue_backup_codes, start_totp_enrolment
+from app.accounts.models import SigninAttempt, User
+from app.accounts.services import open_session
+from app.actor import Actor
+from app.audit.models import AuditEvent
+from app.extensions import db
+from tests.factories import PASSWORD
+
+TENANT_HEADER = "X-Rekey-Tenant"
+
+
+def user_actor(user: User, ip: str = "192.0.2.10") -> Actor:
+    return Actor(type="user", id=str(user.id), tenant_id=user.tenant_id, ip=ip, request_id="test")
+
+
+def enrol_totp(app: Any, user: User, clock: Any) -> str:
+    """Give the user an active TOTP factor (its first code, at `clock`, is spent); returns the
+    base32 secret."""
+    with app.app_context():
+        row = db.session.get(User, user.id)
+        actor = user_actor(row)
+        _, secret, _ = start_totp_enrolment(actor, row, issuer="Rekey (test)")
+        confirm_totp_enrolment(actor, row, pyotp.TOTP(secret).at(clock.time()))
+        db.session.commit()
+    return secret
+
+
+def issue_codes(app: Any, user: User) -> list[str]:
+    with app.app_context():
+        codes = issue_backup_codes(user_actor(user), db.session.get(User, user.id))
+        db.session.commit()
+    return codes
+
+
+def session_token(app: Any, user: User, scope: str = "full") -> str:
+    """A live session for the user, as a sign-in would open it."""
+    with app.app_context():
+        token = open_session(db.session.get(User, user.id), scope=scope, ip="192.0.2.10")
+        db.session.commit()
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def signin(
+    client: Any,
+    tenant: Any,
+    email: str,
+    password: str = PASSWORD,
+    *,
+    ip: str = "198.51.100.7",
+    headers: dict[str, str] | None = None,
+    **factor: str,
+) -> Any:
+    """POST /v1/auth/signin from `ip` for the tenant (by slug)."""
+    return client.post(
+        "/v1/auth/signin",
+        json={"email": email, "password": password, **factor},
+        headers={TENANT_HEADER: tenant.slug, **(headers or {})},
+        environ_base={"REMOTE_ADDR": ip},
+    )
+
+
+def audit_rows(app: Any, tenant_id: uuid.UUID, action: str | None = None) -> list[AuditEvent]:
+    with app.app_context():
+        stmt = select(AuditEvent).where(AuditEvent.tenant_id == tenant_id).order_by(AuditEvent.seq)
+        if action is not None:
+            stmt = stmt.where(AuditEvent.action == action)
+        rows = db.session.scalars(stmt).all()
+        db.session.expunge_all()
+        return list(rows)
+
+
+def attempts(app: Any, tenant_id: uuid.UUID) -> list[SigninAttempt]:
+    with app.app_context():
+        rows = db.session.scalars(
+            select(SigninAttempt)
+            .where(SigninAttempt.tenant_id == tenant_id)
+            .order_by(SigninAttempt.occurred_at)
+        ).all()
+        db.session.expunge_all()
+        return list(rows)
