@@ -33,7 +33,12 @@ def _publish(message_id: uuid.UUID, task: str, kwargs: dict[str, Any]) -> bool:
     celery = current_app.extensions["celery"]
     try:
         # No publisher retries: a broker outage must not hold a web request; the sweep retries.
-        celery.send_task(task, kwargs=kwargs, task_id=str(message_id), retry=False)
+        # `retry=False` alone is not enough: kombu still retries the connect itself until
+        # broker_connection_timeout, twice (~6 s per row on Redis), so try it once first.
+        with celery.producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=0)
+            celery.send_task(task, kwargs=kwargs, task_id=str(message_id), retry=False,
+                             producer=producer)
     except Exception as exc:  # the broker's errors vary by transport
         log.warning("outbox_publish_failed", task=task, outbox_id=str(message_id), error=type(exc).__name__)
         with db.engine.begin() as conn:
