@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from functools import wraps
@@ -191,17 +192,15 @@ def audit() -> None:
 @click.option("--tenant", "tenant_slug", required=True)
 @click.option("--action", default=None)
 @click.option("--actor", default=None)
-@click.option("--user", "user_id", default=None)
-@click.option("--case", "case_id", default=None)
+@click.option("--user", "user_id", type=click.UUID, default=None)
+@click.option("--case", "case_id", type=click.UUID, default=None)
 @click.option("--since", default=None)
 @click.option("--until", default=None)
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
 @in_app
-def audit_export(tenant_slug: str, action: str | None, actor: str | None, user_id: str | None,
-                 case_id: str | None, since: str | None, until: str | None, fmt: str) -> None:
+def audit_export(tenant_slug: str, action: str | None, actor: str | None, user_id: uuid.UUID | None,
+                 case_id: uuid.UUID | None, since: str | None, until: str | None, fmt: str) -> None:
     """Stream the tenant's audit events, filtered, to stdout."""
-    import uuid
-
     from app.actor import Actor
     from app.audit.models import AuditAction
     from app.audit.services import AuditFilter, export_lines, record_event
@@ -209,12 +208,12 @@ def audit_export(tenant_slug: str, action: str | None, actor: str | None, user_i
     from app.tenants.services import get_tenant_by_slug
 
     found = get_tenant_by_slug(tenant_slug)
-    flt = AuditFilter(tenant_id=found.id, action=action, actor=actor,
-                      user=uuid.UUID(user_id) if user_id else None,
-                      case=uuid.UUID(case_id) if case_id else None,
+    flt = AuditFilter(tenant_id=found.id, action=action, actor=actor, user=user_id, case=case_id,
                       since=_parse_time(since), until=_parse_time(until))
     record_event(Actor(type="operator", id="cli", tenant_id=found.id), AuditAction.AUDIT_EXPORTED,
-                 details={"format": fmt, "action": action, "actor": actor, "user": user_id, "case": case_id,
+                 details={"format": fmt, "action": action, "actor": actor,
+                          "user": str(user_id) if user_id else None,
+                          "case": str(case_id) if case_id else None,
                           "since": since, "until": until, "via": "cli"})
     database.session.commit()
     for line in export_lines(flt, fmt):
