@@ -4,6 +4,7 @@ after commit and a beat sweep republishes anything the broker missed."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -29,8 +30,12 @@ def enqueue(task: str, **kwargs: Any) -> OutboxMessage:
     return message
 
 
-def _publish(message_id: uuid.UUID, task: str, kwargs: dict[str, Any]) -> bool:
+def _publish(message_id: uuid.UUID, task: str, kwargs: dict[str, Any],
+             execute: Callable[[Any], Any] | None = None) -> bool:
+    """Send one row to the broker and record the attempt, through `execute` when the caller
+    holds the row's lock (the sweep), else in a short transaction of its own."""
     celery = current_app.extensions["celery"]
+    error = None
     try:
         # No publisher retries: a broker outage must not hold a web request; the sweep retries.
         # `retry=False` alone is not enough: kombu still retries the connect itself until
@@ -40,15 +45,17 @@ def _publish(message_id: uuid.UUID, task: str, kwargs: dict[str, Any]) -> bool:
             celery.send_task(task, kwargs=kwargs, task_id=str(message_id), retry=False,
                              producer=producer)
     except Exception as exc:  # the broker's errors vary by transport
-        log.warning("outbox_publish_failed", task=task, outbox_id=str(message_id), error=type(exc).__name__)
+        error = type(exc).__name__
+        log.warning("outbox_publish_failed", task=task, outbox_id=str(message_id), error=error)
+    outcome = {"last_error": error} if error else {"published_at": utcnow()}
+    mark = (update(OutboxMessage).where(OutboxMessage.id == message_id)
+            .values(publish_attempts=OutboxMessage.publish_attempts + 1, **outcome))
+    if execute is not None:
+        execute(mark)
+    else:
         with db.engine.begin() as conn:
-            conn.execute(update(OutboxMessage).where(OutboxMessage.id == message_id).values(
-                publish_attempts=OutboxMessage.publish_attempts + 1, last_error=type(exc).__name__))
-        return False
-    with db.engine.begin() as conn:
-        conn.execute(update(OutboxMessage).where(OutboxMessage.id == message_id)
-                     .values(published_at=utcnow(), publish_attempts=OutboxMessage.publish_attempts + 1))
-    return True
+            conn.execute(mark)
+    return error is None
 
 
 def publish_committed(ids: list[uuid.UUID]) -> int:
@@ -69,7 +76,9 @@ def relay_pending(limit: int = 500) -> int:
     if db.engine.dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
     rows = db.session.execute(stmt).all()
-    sent = sum(_publish(row.id, row.task, row.kwargs) for row in rows)
+    # Marked through the sweep's own session: it holds these rows' locks, so a second
+    # connection's UPDATE would wait on them forever.
+    sent = sum(_publish(row.id, row.task, row.kwargs, execute=db.session.execute) for row in rows)
     db.session.commit()  # release the row locks taken for the sweep
     return sent
 
