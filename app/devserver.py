@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
 from app.config import INSTANCE_DIR, Settings
@@ -250,41 +250,14 @@ def choose_broker(settings: Settings, instance_dir: Path, supervisor: Supervisor
                   "no Redis found")
 
 
-# --- the children's entry points -------------------------------------------------------------
-
-
-def fit_transport_options(celery: Any) -> None:
-    """Drop Redis-only transport options for the embedded broker.
-
-    kombu's SQLAlchemy transport hands every transport option to `create_engine`, which
-    refuses unknown ones such as `visibility_timeout`.
-    """
-    if str(celery.conf.broker_url).startswith("sqla+"):
-        celery.conf.broker_transport_options = {"connect_args": {"timeout": 30}}
-
-
-def create_dev_app() -> Any:
-    """`create_app()` for the runner's web process (`flask --app app.devserver:create_dev_app`)."""
-    from app import create_app
-
-    flask_app = create_app()
-    fit_transport_options(flask_app.extensions["celery"])
-    return flask_app
-
-
-def __getattr__(name: str) -> Any:
-    # `celery -A app.devserver:celery` builds the app only when Celery asks for it, so importing
-    # this module (as `rekey run` does) creates nothing.
-    if name == "celery":
-        return create_dev_app().extensions["celery"]
-    raise AttributeError(name)
+# --- the children --------------------------------------------------------------------------
 
 
 def child_commands(settings: Settings, instance_dir: Path) -> dict[str, list[str]]:
     python = sys.executable
-    celery = [python, "-m", "celery", "-A", "app.devserver:celery"]
+    celery = [python, "-m", "celery", "-A", "tasks.worker"]
     return {
-        "web": [python, "-m", "flask", "--app", "app.devserver:create_dev_app", "run",
+        "web": [python, "-m", "flask", "--app", "app:create_app()", "run",
                 "--host", settings.host, "--port", str(settings.port),
                 "--no-reload", "--no-debugger", "--with-threads"],
         "worker": [*celery, "worker", "--loglevel=INFO", "--pool=prefork", "--concurrency=2",

@@ -45,8 +45,16 @@ def broker_url(settings: Settings) -> str:
     return settings.broker_url or settings.redis_url
 
 
+def transport_options(url: str) -> dict[str, Any]:
+    """Broker transport options. kombu's SQLAlchemy transport (the embedded broker of `rekey run`)
+    hands its options to `create_engine`, so it gets only what an engine accepts."""
+    if url.startswith("sqla+"):
+        return {"connect_args": {"timeout": 30}}
+    return {"visibility_timeout": VISIBILITY_TIMEOUT}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
-    transport = {"visibility_timeout": VISIBILITY_TIMEOUT}
+    transport = transport_options(broker_url(settings))
     return {
         "broker_url": broker_url(settings),
         "broker_transport_options": transport,
