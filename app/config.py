@@ -65,6 +65,8 @@ class Settings:
     # Where messages go: phones through `dev` or `twilio`, email through `dev` or `smtp`.
     phone_channel: str = field(default_factory=lambda: _env("REKEY_PHONE_CHANNEL", "dev"))
     email_channel: str = field(default_factory=lambda: _env("REKEY_EMAIL_CHANNEL", "dev"))
+    # Production refuses the `dev` channel unless this says a human accepted it (a local stack).
+    allow_dev_channel: bool = field(default_factory=lambda: _env("REKEY_ALLOW_DEV_CHANNEL", "0") == "1")
     dev_outbox: str = field(default_factory=lambda: _env("REKEY_DEV_OUTBOX", str(INSTANCE_DIR / "dev-messages.jsonl")))
     twilio_account_sid: str = field(default_factory=lambda: _env("REKEY_TWILIO_ACCOUNT_SID", ""))
     twilio_auth_token: str = field(default_factory=lambda: _env("REKEY_TWILIO_AUTH_TOKEN", ""), repr=False)
@@ -99,6 +101,10 @@ class Settings:
             found.append("REKEY_ENCRYPTION_KEYS")
         if self.code_pepper == DEV_CODE_PEPPER:
             found.append("REKEY_CODE_PEPPER")
+        # The development channel writes verification codes and temporary passwords to a file.
+        if not self.allow_dev_channel:
+            found += [name for name, kind in (("REKEY_PHONE_CHANNEL", self.phone_channel),
+                                              ("REKEY_EMAIL_CHANNEL", self.email_channel)) if kind == "dev"]
         return found
 
     def flask_config(self) -> dict[str, object]:

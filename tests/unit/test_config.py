@@ -21,8 +21,9 @@ SECRETS = {
 
 @pytest.fixture
 def production(settings: Any) -> Settings:
-    """The suite's settings (real, non-development secrets) in production mode."""
-    return replace(settings, env="production")
+    """The suite's settings (real, non-development secrets) in production mode, with real
+    message channels configured."""
+    return replace(settings, env="production", phone_channel="twilio", email_channel="smtp")
 
 
 @pytest.fixture(autouse=True)
@@ -66,6 +67,15 @@ class TestProductionSecrets:
 
         assert application.test_client().get("/healthz").status_code == 200
 
+    @pytest.mark.parametrize("variable, field", [("REKEY_PHONE_CHANNEL", "phone_channel"),
+                                                 ("REKEY_EMAIL_CHANNEL", "email_channel")])
+    def test_production_refuses_the_dev_channel_unless_accepted(self, production, variable, field):
+        with pytest.raises(InsecureConfiguration, match=variable):
+            create_app(replace(production, **{field: "dev"}))
+
+        accepted = create_app(replace(production, allow_dev_channel=True, **{field: "dev"}))
+        assert accepted.test_client().get("/healthz").status_code == 200
+
     def test_development_allows_the_development_secrets(self, production):
         development = replace(production, env="development", secret_key=DEV_SECRET_KEY,
                               encryption_keys=DEV_ENCRYPTION_KEY, code_pepper=DEV_CODE_PEPPER)
@@ -76,14 +86,15 @@ class TestProductionSecrets:
 class TestSettingsFromEnvironment:
     def test_defaults_are_the_development_ones(self, monkeypatch):
         for variable in ("REKEY_ENV", "REKEY_HOST", "REKEY_PORT", "REKEY_BROKER_URL", "REDIS_URL",
-                         *SECRETS):
+                         "REKEY_PHONE_CHANNEL", "REKEY_EMAIL_CHANNEL", "REKEY_ALLOW_DEV_CHANNEL", *SECRETS):
             monkeypatch.delenv(variable, raising=False)
 
         settings = Settings()
 
         assert (settings.env, settings.host, settings.port) == ("development", "127.0.0.1", 5000)
         assert (settings.broker_url, settings.redis_url) == ("", "redis://127.0.0.1:6379/0")
-        assert sorted(settings.development_secrets_in_use()) == sorted(SECRETS)
+        assert sorted(settings.development_secrets_in_use()) == sorted(
+            [*SECRETS, "REKEY_PHONE_CHANNEL", "REKEY_EMAIL_CHANNEL"])
 
     def test_variables_override_the_defaults(self, monkeypatch):
         monkeypatch.setenv("REKEY_HOST", "10.1.2.3")
