@@ -14,13 +14,13 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from app.accounts.mfa import issue_backup_codes
 from app.accounts.models import BackupCode, MfaFactor, PasswordIdentity, RememberedDevice, User
 from app.accounts.services import backup_codes_remaining, revoke_sessions
 from app.actor import Actor
-from app.audit.models import AuditAction
+from app.audit.models import AuditAction, AuditEvent
 from app.audit.services import record_event
 from app.crypto import hash_password
 from app.errors import Conflict, Forbidden, RuleRefused
@@ -344,8 +344,15 @@ def _maybe_reactivate(case: RecoveryCase, user: User) -> None:
     and both a real MFA reset and a new password have been carried out."""
     if user.status != "suspended" or "suspected_attack" not in case.flags:
         return
-    done = set(db.session.scalars(select(CaseAction.action).where(
-        CaseAction.case_id == case.id, CaseAction.status == "done")).all())
+    # Only what was decided for the real user counts: a reset carried out before the suspension
+    # was the attacker's (who may have enrolled their own factor since).
+    suspended_at = db.session.scalar(select(func.max(AuditEvent.occurred_at)).where(
+        AuditEvent.tenant_id == case.tenant_id, AuditEvent.case_id == case.id,
+        AuditEvent.action == AuditAction.USER_SUSPENDED))
+    stmt = select(CaseAction.action).where(CaseAction.case_id == case.id, CaseAction.status == "done")
+    if suspended_at is not None:
+        stmt = stmt.where(CaseAction.created_at > suspended_at)
+    done = set(db.session.scalars(stmt).all())
     if {"force_mfa_reset", "set_temporary_password"} <= done:
         user.status = "active"
         record_event(Actor.system(case.tenant_id), AuditAction.USER_REACTIVATED, tenant_id=case.tenant_id,
