@@ -355,5 +355,19 @@ def dlq_retry(dead_letter_id: str, as_json: bool) -> None:
           f"queued {message.task} again (outbox {message.id})")
 
 
+@main.command("demo")
+@click.option("--url", default=None,
+              help="The service `rekey run` started (default: REKEY_PUBLIC_URL, else "
+                   "http://REKEY_HOST:REKEY_PORT, i.e. http://127.0.0.1:5000).")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds to wait for each step the worker carries out.")
+@click.option("--json", "as_json", is_flag=True, help="One machine-readable summary instead of the story.")
+def demo(url: str | None, timeout: float, as_json: bool) -> None:
+    """A full scripted recovery against the running service (start it with `make run` first)."""
+    from app.demo import run_demo
+
+    sys.exit(run_demo(Settings(), url=url, timeout=timeout, as_json=as_json))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
