@@ -153,8 +153,10 @@ def verify_delivery(integration: Integration, headers: Mapping[str, str], body: 
     raise SignatureRejected("The webhook signature is missing, invalid or stale.")
 
 
-def receive_delivery(integration: Integration, headers: Mapping[str, str], body: bytes) -> IntakeAnswer:
-    """Verify, dedupe, and act on one webhook delivery (the caller commits)."""
+def receive_delivery(integration: Integration, headers: Mapping[str, str], body: bytes, *,
+                     request_id: str | None = None, ip: str | None = None) -> IntakeAnswer:
+    """Verify, dedupe, and act on one webhook delivery (the caller commits). `request_id` and
+    `ip` name the HTTP request in the audit events it causes, as for every other caller."""
     delivery_id = verify_delivery(integration, headers, body)
     _throttle(integration)
     payload = loads_strict(body)
@@ -173,7 +175,8 @@ def receive_delivery(integration: Integration, headers: Mapping[str, str], body:
         return _repeat_answer(integration, delivery_id)
     tenant = db.session.get(Tenant, integration.tenant_id)
     assert tenant is not None
-    actor = Actor(type="integration", id=str(integration.id), tenant_id=tenant.id)
+    actor = Actor(type="integration", id=str(integration.id), tenant_id=tenant.id, ip=ip,
+                  request_id=request_id)
     try:
         answer = _act(tenant, integration, actor, event)
     except RekeyError as exc:
