@@ -270,6 +270,10 @@ def add_note(actor: Actor, user_id: uuid.UUID | str, body: str) -> Note:
         raise ValidationFailed("A note needs text.", details={"field": "body"})
     if _looks_like_secret(clean):
         raise RuleRefused("The note looks like it contains a code; never record secrets in notes.")
+    # The note is copied into the audit trail, which must never hold a full phone number.
+    if any(True for _ in phonenumbers.PhoneNumberMatcher(clean, None)):
+        raise RuleRefused("The note contains a full phone number; refer to the channel by its masked "
+                          "form as the user detail shows it.")
     note = Note(tenant_id=user.tenant_id, user_id=user.id, author_id=uuid.UUID(actor.id), body=clean)
     db.session.add(note)
     db.session.flush()
