@@ -148,6 +148,8 @@ class TestNotes:
             "backup code ABCDE FGHIJ KLMNO PQRST",
             "backup code abcd2 fghij klmn3 pqrst",
             "compact abcd2fghijklmnopqrs7 typed",
+            "called +1 415 555 2671, no answer",
+            "new number is +447911123456",
         ],
     )
     def test_note_that_looks_like_a_code_is_refused_and_nothing_written(self, app, world, text):
@@ -167,6 +169,7 @@ class TestNotes:
             "Ticket ZD-12345, escalated to the senior admin.",
             "User says the old phone was lost in transit.",
             "Users think these codes expire; explained internationalization of the app.",
+            "Called +141******71 (the number on file since 2024).",
         ],
     )
     def test_note_with_ordinary_text_is_accepted(self, app, world, text):
