@@ -294,6 +294,15 @@ def record_hr_attestation(tenant: Tenant, integration: Any, actor: Actor, data: 
         voucher = ""
     relation = data.get("relation")
     reason = f"HR attestation {data.get('reference') or ''}".strip()
+    if data.get("case_id") and data.get("user_email"):
+        try:
+            named = normalize_email(str(data["user_email"]))
+        except ValidationFailed:
+            named = ""
+        if named != user.email:
+            # HR vouched for someone else: a mistyped case id must not verify this user.
+            raise _reject(actor, case, "hr_attestation", reason,
+                          "The attestation names another user than the case's; it corroborates nobody here.")
     if not voucher or relation not in ("manager", "hr"):
         raise _reject(actor, case, "hr_attestation", reason,
                       "The attestation must name a voucher who is the user's manager or HR.")
