@@ -55,7 +55,8 @@ class TestAcceptable:
         assert r.status_code == 201, r.json
         assert case_row(app, opened.case_id).state == "verified"
 
-    @pytest.mark.parametrize("problem", ["linked_after_case", "signed_in_before_case", "other_subject"])
+    @pytest.mark.parametrize("problem", ["linked_after_case", "signed_in_before_case", "signed_in_later_today",
+                                         "other_subject"])
     def test_federated_signin_that_proves_nothing_is_refused(self, app, client, factory, problem):
         tenant = factory.tenant()
         user = factory.settled_user(tenant, password=None, federated=[(ISSUER, "sub-1", LONG_AGO)])
@@ -72,6 +73,8 @@ class TestAcceptable:
                 db.session.commit()
         elif problem == "signed_in_before_case":
             signed_in = case_row(app, opened.case_id).opened_at - timedelta(minutes=5)
+        elif problem == "signed_in_later_today":  # a time in the future proves nothing yet
+            signed_in = datetime.now(UTC) + timedelta(hours=1)
         else:
             subject = "sub-someone-else"
 
@@ -82,6 +85,18 @@ class TestAcceptable:
         assert error_of(r)["code"] == "unacceptable_evidence"
         assert case_row(app, opened.case_id).state == "awaiting_verification"
         assert len(case_events(app, opened.case_id, "recovery.evidence_rejected")) == 1
+
+    def test_agent_cannot_verify_their_own_account(self, app, client, factory):
+        tenant = factory.tenant()
+        agent = factory.agent(tenant)
+        user = factory.settled_user(tenant, password=None, email=agent.agent.email)
+        opened = open_case(factory, client, tenant=tenant, user=user)
+
+        r = _evidence(client, agent, opened.case_id, "video_call", VIDEO)
+
+        assert r.status_code == 403, r.json
+        assert error_of(r)["code"] == "own_account"
+        assert case_row(app, opened.case_id).state == "awaiting_verification"
 
     def test_hr_attestation_from_the_tenants_hr_integration_verifies(self, app, client, factory):
         opened = open_case(factory, client)
@@ -219,6 +234,22 @@ class TestHrAttestationRefusals:
         assert "vouches for themselves" in error_of(r)["details"]["reason"]
         [kept] = evidence_of(app, opened.case_id)
         assert kept.accepted is False
+        assert len(case_events(app, opened.case_id, "recovery.evidence_rejected")) == 1
+        assert case_row(app, opened.case_id).state == "awaiting_verification"
+
+    def test_attestation_naming_the_case_and_another_user_does_not_verify_it(self, app, client, factory):
+        """HR vouched for somebody else: the case id and the email disagree, so this is no
+        corroboration of the case's user."""
+        opened = open_case(factory, client)
+        someone_else = factory.settled_user(opened.tenant, password=None)
+        hr, hr_secret = factory.integration(opened.tenant, kind="hr")
+
+        r = attest(client, hr, hr_secret, case_id=opened.case_id, user_email=someone_else.email,
+                   voucher="manager@example.com")
+
+        assert r.status_code == 422, r.json
+        assert error_of(r)["code"] == "unacceptable_evidence"
+        assert [e.accepted for e in evidence_of(app, opened.case_id)] == [False]
         assert len(case_events(app, opened.case_id, "recovery.evidence_rejected")) == 1
         assert case_row(app, opened.case_id).state == "awaiting_verification"
 
