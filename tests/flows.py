@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import pyotp
-from sqlalchemy import select
+from sqlalchemy import Uuid, bindparam, select, text
 
 from app.accounts.mfa import confirm_totp_enrolment, issue_backup_codes, start_totp_enrolment
 from app.accounts.models import SigninAttempt, User
@@ -18,6 +18,12 @@ from app.extensions import db
 from tests.factories import PASSWORD
 
 TENANT_HEADER = "X-Rekey-Tenant"
+
+
+def raw(statement: str, params: dict[str, Any]) -> Any:
+    """Literal SQL whose UUID parameters bind as the dialect stores them (SQLite: hex text)."""
+    typed = [bindparam(name, type_=Uuid) for name, value in params.items() if isinstance(value, uuid.UUID)]
+    return text(statement).bindparams(*typed)
 
 
 def user_actor(user: User, ip: str = "192.0.2.10") -> Actor:

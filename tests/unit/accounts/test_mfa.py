@@ -8,7 +8,7 @@ from datetime import timedelta
 import pyotp
 import pytest
 from argon2 import PasswordHasher
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 
 from app.accounts import mfa
 from app.accounts.models import BackupCode, MfaFactor, PasswordIdentity, User
@@ -22,6 +22,7 @@ from tests.flows import (
     bearer,
     enrol_totp,
     issue_codes,
+    raw,
     session_token,
     signin,
     user_actor,
@@ -154,7 +155,7 @@ class TestTotp:
 
         with app.app_context():
             stored = db.session.execute(
-                text("SELECT secret_encrypted FROM mfa_factors WHERE user_id = :u"), {"u": user.id}
+                raw("SELECT secret_encrypted FROM mfa_factors WHERE user_id = :u", {"u": user.id}), {"u": user.id}
             ).scalar_one()
             assert decrypt(stored) == secret
         assert len(secret) >= 32  # 160 bits
@@ -201,7 +202,7 @@ class TestBackupCodes:
         with app.app_context():
             rows = (
                 db.session.execute(
-                    text("SELECT * FROM backup_codes WHERE user_id = :u"), {"u": user.id}
+                    raw("SELECT * FROM backup_codes WHERE user_id = :u", {"u": user.id}), {"u": user.id}
                 )
                 .mappings()
                 .all()

@@ -18,7 +18,7 @@ from app.actor import Actor
 from app.audit.models import AuditAction, AuditHead
 from app.audit.services import AuditFilter, export_lines, iter_events, record_event, verify_chain
 from app.extensions import db, utcnow
-from tests.flows import audit_rows
+from tests.flows import audit_rows, raw
 
 GUARD = "audit_events_no_update_delete"
 
@@ -49,7 +49,7 @@ def _tamper(app, statements: list[tuple[str, dict]]) -> None:
         if postgres:
             conn.execute(text(f"ALTER TABLE audit_events DISABLE TRIGGER {GUARD}"))
         for sql, params in statements:
-            conn.execute(text(sql), params)
+            conn.execute(raw(sql, params), params)
         if postgres:
             conn.execute(text(f"ALTER TABLE audit_events ENABLE ALWAYS TRIGGER {GUARD}"))
 
