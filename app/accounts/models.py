@@ -128,7 +128,8 @@ class SigninAttempt(db.Model):  # type: ignore[name-defined]
     # unknown account locks exactly like a real one and lockout reveals nothing.
     email: Mapped[str] = mapped_column(String(320))
     ip: Mapped[str | None] = mapped_column(String(64))
-    # succeeded | bad_password | bad_factor | locked | suspended | unknown_user | throttled
+    # succeeded | mfa_required | bad_password | bad_factor | locked | suspended | unknown_user |
+    # throttled (per IP) | busy (another attempt for the account in flight)
     result: Mapped[str] = mapped_column(String(32))
     method: Mapped[str] = mapped_column(String(16))  # password | totp | backup_code
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -103,15 +103,17 @@ def _retry_after_for_account(tenant: Tenant, email: str) -> int | None:
     return max(1, int((unlock - now).total_seconds()))
 
 
-def _one_attempt_at_a_time(tenant: Tenant, email: str) -> None:
-    """Serialise sign-ins for one account (known or not) until this transaction ends, so the
+def _claim_account(tenant: Tenant, email: str) -> bool:
+    """One sign-in per account (known or not) at a time, until this transaction ends, so the
     failure count read next is the true one: without it, N parallel guesses all read "below
-    the limit" and the lockout admits N guesses per window instead of `signin_max_failures`."""
+    the limit" and the lockout admits N guesses per window instead of `signin_max_failures`.
+    A second attempt in flight is refused at once rather than queued, so a flood aimed at one
+    account cannot hold workers and database connections waiting on the lock."""
     if db.session.get_bind().dialect.name != "postgresql":
-        return  # SQLite is development only; it has no advisory locks
+        return True  # SQLite is development only; it has no advisory locks
     digest = hashlib.sha256(f"rekey.signin\x00{tenant.id}\x00{email}".encode()).digest()
-    db.session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
-                       {"key": int.from_bytes(digest[:8], "big", signed=True)})
+    return bool(db.session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"),
+                                  {"key": int.from_bytes(digest[:8], "big", signed=True)}))
 
 
 def _fail(tenant: Tenant, email: str, user: User | None, actor: Actor, result: str,
@@ -134,10 +136,13 @@ def sign_in(tenant: Tenant, actor: Actor, *, email: str, password: str, otp: str
         raise ValidationFailed("Give either otp or backup_code, not both.")
     method = "totp" if otp else "backup_code" if backup_code else "password"
     email = normalize_email(email)
-    _one_attempt_at_a_time(tenant, email)
     # Looked up before the throttle so a refused attempt still shows on the user's record (the
     # agent's sign-in activity, the risk screen); the lookup costs the same for unknown emails.
     user = find_user_by_email(tenant.id, email)
+    if not _claim_account(tenant, email):
+        _record(tenant, email, user, actor.ip, "busy", method)
+        raise RateLimited("Another sign-in for this account is in progress; retry.", retry_after=1,
+                          keep_changes=True)
 
     retry = _retry_after_for_ip(tenant, actor.ip)
     if retry is not None:
