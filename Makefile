@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint migrate install clean
+.PHONY: run test lint migrate install clean bench
 
 run: $(INSTALLED)
 	$(BIN)/rekey run
@@ -20,6 +20,9 @@ test: $(INSTALLED)
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/mypy app tasks integrations
+
+bench: $(INSTALLED)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 migrate: $(INSTALLED)
 	$(BIN)/rekey db upgrade
