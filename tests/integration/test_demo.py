@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -67,6 +68,7 @@ def test_demo_runs_the_whole_runbook_and_ends_with_the_chain_verified(start_runn
     # Nothing secret is printed: no password, token or code, and the phone only masked.
     assert "rk_agent" not in out and "whsec_" not in out and "+14155552671" not in out
     assert "otpauth://" not in out
+    assert runner.stop(signal.SIGINT) == 0, runner.output()  # Ctrl-C, as a developer stops it
     assert time.monotonic() - started < BUDGET
 
 
@@ -84,6 +86,7 @@ def test_demo_json_summary_and_a_second_run_beside_the_first(start_runner):  # n
     assert steps["step5_follow_up"]["state"] == "closed"
     assert steps["audit"]["chain"]["ok"] is True
     assert "mfa.factor_admin_reset" in [e["action"] for e in steps["audit"]["case_events"]]
+    assert runner.stop(signal.SIGINT) == 0, runner.output()
 
 
 def test_demo_without_a_service_fails_fast_and_says_what_to_start(tmp_path: Path):
