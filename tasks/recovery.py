@@ -49,6 +49,12 @@ def execute_action(action_id: str) -> str | None:
     return row.status if row else None
 
 
+@shared_task(name="rekey.recovery.deliver_secret")
+def deliver_secret(action_id: str) -> bool:
+    """Text the backup codes or temporary password an action generated to the verified phone."""
+    return actions.deliver_secret(uuid.UUID(action_id))
+
+
 @shared_task(name="rekey.recovery.notify_channel")
 def notify_channel(case_id: str, event: str, channel_id: str, report_link_id: str,
                    cancel_link_id: str | None = None) -> bool:

@@ -8,6 +8,7 @@ one-click cancel. Each effect is written with its audit event in the task's one 
 
 from __future__ import annotations
 
+import json
 import secrets
 import string
 import uuid
@@ -22,7 +23,7 @@ from app.accounts.services import backup_codes_remaining, revoke_sessions
 from app.actor import Actor
 from app.audit.models import AuditAction, AuditEvent
 from app.audit.services import record_event
-from app.crypto import hash_password
+from app.crypto import decrypt, encrypt, hash_password
 from app.errors import Conflict, Forbidden, RuleRefused
 from app.extensions import db, utcnow
 from app.intake.outbox import claim_effect, enqueue
@@ -297,21 +298,48 @@ def _do_force_reset(actor: Actor, case: RecoveryCase, user: User, row: CaseActio
     announce(case, "mfa.factor_admin_reset")
 
 
-def _send_to_verified_phone(case: RecoveryCase, row: CaseAction, body: str) -> None:
+def _seal_for_delivery(row: CaseAction, secret: list[str] | str) -> None:
+    """Keep the secret this action generated (encrypted, on the action) until a separate task
+    has texted it. The text cannot go out from here: if this transaction were lost after the
+    send (a dropped connection, a killed worker), the retry would generate a different secret,
+    and the provider, deduplicating on the action's key, would never deliver it: the user would
+    hold a password or codes that do not work. Generate once, store, then deliver as often as
+    it takes."""
+    row.options = {**row.options, "sealed": encrypt(json.dumps(secret))}
+    enqueue("rekey.recovery.deliver_secret", action_id=str(row.id))
+
+
+def _delivery_text(action: str, secret: list[str] | str) -> str:
+    if action == "generate_backup_codes":
+        return ("Your new backup codes (each works once; store them safely): " + ", ".join(secret)
+                + ". Sign in with your email, password and one code, then enrol a new factor.")
+    return (f"Your one-time temporary password is {secret} . It works once, for 24 hours; you will "
+            "choose a new password when you sign in.")
+
+
+def deliver_secret(action_id: uuid.UUID) -> bool:
+    """Text the secret a done action generated to the phone verified in its case, then forget it.
+    A second run (retry, redelivery) sends the same secret under the same key, or nothing."""
     from app.accounts.models import Channel
     from app.messaging import send
 
+    row = db.session.get(CaseAction, action_id, with_for_update=True)
+    if row is None or not row.options.get("sealed"):
+        return False
+    case = db.session.get(RecoveryCase, row.case_id)
+    assert case is not None
     channel = db.session.get(Channel, verified_phone_channel(case))
     if channel is None:
         raise NoVerifiedChannel("The verified phone is gone.")
-    send("phone", channel.value, subject="Account recovery", body=body, key=f"action:{row.id}", method="sms")
+    secret = json.loads(decrypt(row.options["sealed"]))
+    send("phone", channel.value, subject="Account recovery", body=_delivery_text(row.action, secret),
+         key=f"action:{row.id}", method="sms")
+    row.options = {k: v for k, v in row.options.items() if k != "sealed"}
+    return True
 
 
 def _do_backup_codes(actor: Actor, case: RecoveryCase, user: User, row: CaseAction) -> None:
-    codes = issue_backup_codes(actor, user, reason=row.reason)
-    _send_to_verified_phone(case, row, "Your new backup codes (each works once; store them safely): "
-                            + ", ".join(codes) + ". Sign in with your email, password and one code, "
-                            "then enrol a new factor.")
+    _seal_for_delivery(row, issue_backup_codes(actor, user, reason=row.reason))
     _after_secret_issued(case, "mfa.backup_codes_generated")
 
 
@@ -327,8 +355,7 @@ def _do_temporary_password(actor: Actor, case: RecoveryCase, user: User, row: Ca
                  details={"action_id": str(row.id), "generated_by": "rekey", "single_use": True,
                           "expires_at": identity.expires_at.isoformat(), "sessions_revoked": revoked,
                           "delivered_to": "verified_phone"})
-    _send_to_verified_phone(case, row, f"Your one-time temporary password is {password} . It works once, "
-                            "for 24 hours; you will choose a new password when you sign in.")
+    _seal_for_delivery(row, password)
     _after_secret_issued(case, "user.password_set_by_admin")
 
 
