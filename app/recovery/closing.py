@@ -29,7 +29,7 @@ from app.recovery.notify import announce, channels_before, redeem_link
 
 def _suspend(actor: Actor, case: RecoveryCase, user: User, reason: str, how: str) -> None:
     """Suspend the user, cut every session, void pending work, open an incident, tell the user."""
-    previous = case.state
+    previous, evidence = case.state, accepted_types(case)  # what the suspect passed, for the incident
     user.status = "suspended"
     sessions = revoke_sessions(user.id)
     db.session.execute(update(RememberedDevice).where(
@@ -47,7 +47,7 @@ def _suspend(actor: Actor, case: RecoveryCase, user: User, reason: str, how: str
     record_event(actor, AuditAction.SECURITY_INCIDENT_OPENED, tenant_id=case.tenant_id, target_user_id=user.id,
                  case_id=case.id, reason=reason,
                  details={"kind": "suspected_social_engineering", "from_state": previous, "via": how,
-                          "evidence": accepted_types(case),
+                          "evidence": evidence,
                           "required_to_recover": ["senior_admin_resume", "verification",
                                                   "force_mfa_reset", "set_temporary_password"]})
     announce(case, "user.suspended")
@@ -100,13 +100,15 @@ def run_due_scheduled(limit: int = 100) -> int:
     return len(rows)
 
 
-def on_factor_enrolled(user: User, actor: Actor) -> None:
-    """Close the loop: an enrolment during a verified case recovers it (runbook step 4)."""
-    case = db.session.scalars(select(RecoveryCase).where(
+def case_awaiting_enrolment(user: User) -> RecoveryCase | None:
+    """The user's verified case that an enrolment now would complete (locked), if any."""
+    return db.session.scalars(select(RecoveryCase).where(
         RecoveryCase.user_id == user.id, RecoveryCase.state.in_((m.VERIFIED, m.AWAITING_ENROLMENT))
     ).with_for_update()).first()
-    if case is None:
-        return
+
+
+def on_factor_enrolled(case: RecoveryCase, user: User, actor: Actor) -> None:
+    """Close the loop: an enrolment during a verified case recovers it (runbook step 4)."""
     known = set(db.session.scalars(select(SigninAttempt.ip).where(
         SigninAttempt.user_id == user.id, SigninAttempt.result == "succeeded",
         SigninAttempt.occurred_at < case.opened_at)).all())

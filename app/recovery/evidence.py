@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from app.accounts.models import Channel, FederatedIdentity, User
 from app.actor import Actor
-from app.audit.models import AuditAction
+from app.audit.models import AuditAction, AuditEvent
 from app.audit.services import record_event
 from app.crypto import encrypt
 from app.errors import NotFound, RuleRefused
@@ -146,8 +146,15 @@ def accept_evidence(actor: Actor, case: RecoveryCase, type_: str, details: dict[
 
 
 def accepted_types(case: RecoveryCase) -> list[str]:
-    return sorted(set(db.session.scalars(select(Evidence.type).where(
-        Evidence.case_id == case.id, Evidence.accepted.is_(True))).all()))
+    """The acceptable evidence types that count now: after a suspected attack only what was
+    recorded since the suspension (what came before is what the suspect passed)."""
+    stmt = select(Evidence.type).where(Evidence.case_id == case.id, Evidence.accepted.is_(True))
+    suspended_at = db.session.scalar(select(func.max(AuditEvent.occurred_at)).where(
+        AuditEvent.tenant_id == case.tenant_id, AuditEvent.case_id == case.id,
+        AuditEvent.action == AuditAction.USER_SUSPENDED))
+    if suspended_at is not None:
+        stmt = stmt.where(Evidence.recorded_at > suspended_at)
+    return sorted(set(db.session.scalars(stmt).all()))
 
 
 def required_types(case: RecoveryCase) -> int:
