@@ -108,11 +108,14 @@ def confirm_totp_enrolment(actor: Actor, user: User, code: str) -> MfaFactor:
         raise InvalidFactorCode("The code is not valid.")
     factor.status, factor.activated_at, factor.enrolled_ip = "active", utcnow(), actor.ip
     db.session.flush()
-    record_event(actor, AuditAction.FACTOR_ENROLLED, tenant_id=user.tenant_id,
-                 target_user_id=user.id, details={"factor_id": str(factor.id), "kind": factor.kind})
-    from app.recovery.closing import on_factor_enrolled  # closes the loop on an open case
+    from app.recovery.closing import case_awaiting_enrolment, on_factor_enrolled
 
-    on_factor_enrolled(user, actor)
+    # Runbook step 4 "closes the loop": the enrolment is recorded against the recovery case.
+    case = case_awaiting_enrolment(user)
+    record_event(actor, AuditAction.FACTOR_ENROLLED, tenant_id=user.tenant_id, target_user_id=user.id,
+                 case_id=case.id if case else None, details={"factor_id": str(factor.id), "kind": factor.kind})
+    if case is not None:
+        on_factor_enrolled(case, user, actor)
     return factor
 
 

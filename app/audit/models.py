@@ -39,6 +39,7 @@ class AuditAction(StrEnum):
     INTEGRATION_SECRET_ROTATED = "integration.secret_rotated"
     SECURITY_INCIDENT_OPENED = "security.incident_opened"
     RECOVERY_REQUESTED = "recovery.requested"
+    RECOVERY_SCREENED = "recovery.screened"
     RECOVERY_ESCALATED = "recovery.escalated"
     RECOVERY_REFUSED = "recovery.refused"
     RECOVERY_RESUMED = "recovery.resumed"

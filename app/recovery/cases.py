@@ -224,6 +224,9 @@ def screen_case(case_id: uuid.UUID) -> RecoveryCase | None:
     else:
         move(case, m.AWAITING_VERIFICATION)
         case.verification_expires_at = utcnow() + timedelta(hours=int(tenant.setting("verification_ttl_hours")))
+        record_event(system, AuditAction.RECOVERY_SCREENED, tenant_id=case.tenant_id, target_user_id=case.user_id,
+                     case_id=case.id, details={"flags": [], **result.facts,
+                                               "expires_at": case.verification_expires_at.isoformat()})
     return case
 
 

@@ -100,13 +100,15 @@ def run_due_scheduled(limit: int = 100) -> int:
     return len(rows)
 
 
-def on_factor_enrolled(user: User, actor: Actor) -> None:
-    """Close the loop: an enrolment during a verified case recovers it (runbook step 4)."""
-    case = db.session.scalars(select(RecoveryCase).where(
+def case_awaiting_enrolment(user: User) -> RecoveryCase | None:
+    """The user's verified case that an enrolment now would complete (locked), if any."""
+    return db.session.scalars(select(RecoveryCase).where(
         RecoveryCase.user_id == user.id, RecoveryCase.state.in_((m.VERIFIED, m.AWAITING_ENROLMENT))
     ).with_for_update()).first()
-    if case is None:
-        return
+
+
+def on_factor_enrolled(case: RecoveryCase, user: User, actor: Actor) -> None:
+    """Close the loop: an enrolment during a verified case recovers it (runbook step 4)."""
     known = set(db.session.scalars(select(SigninAttempt.ip).where(
         SigninAttempt.user_id == user.id, SigninAttempt.result == "succeeded",
         SigninAttempt.occurred_at < case.opened_at)).all())

@@ -168,9 +168,9 @@ class TestTimeline:
 
         assert detail.status_code == 200
         timeline = detail.json["timeline"]
-        assert [t["action"] for t in timeline] == ["recovery.requested", "recovery.escalated"]
+        assert [t["action"] for t in timeline] == ["recovery.requested", "recovery.screened", "recovery.escalated"]
         assert [t["action"] for t in timeline] == case_actions(app, opened.case_id)
-        assert timeline[1]["actor_type"] == "agent" and timeline[1]["reason"] == "test: escalate"
+        assert timeline[2]["actor_type"] == "agent" and timeline[2]["reason"] == "test: escalate"
         assert [t["seq"] for t in timeline] == sorted(t["seq"] for t in timeline)
         # A support agent may not act on the escalated case any more.
         assert detail.json["allowed_actions"] == []
