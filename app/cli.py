@@ -49,6 +49,9 @@ def in_app(fn: Callable[..., Any]) -> Callable[..., Any]:
                 db.session.rollback()
                 click.echo(json.dumps(exc.to_body()), err=True)
                 sys.exit(2)
+            finally:
+                db.session.remove()
+                db.engine.dispose()  # a command is a whole process's life: close its connections
 
     return wrapper
 
@@ -260,24 +263,58 @@ def integration() -> None:
 @click.option("--tenant", "tenant_slug", required=True)
 @click.option("--kind", type=click.Choice(["standard", "zendesk", "jira", "hr"]), required=True)
 @click.option("--name", required=True)
-@click.option("--callback-url", default=None, help="Where status callbacks go (standard kind).")
+@click.option("--callback-url", default=None, help="Where signed status callbacks go (standard kind).")
+@click.option("--outbound-base-url", default=None,
+              help="Zendesk/Jira site for status comments, e.g. https://acme.zendesk.com.")
+@click.option("--outbound-email", default=None, help="The API user's email for status comments.")
 @click.option("--secret-stdin", is_flag=True,
               help="Read the signing secret from stdin (vendors that issue their own, e.g. Zendesk).")
+@click.option("--outbound-token-stdin", is_flag=True,
+              help="Read the vendor API token for status comments from stdin (after the secret, if both).")
 @click.option("--json", "as_json", is_flag=True)
 @in_app
 def integration_create(tenant_slug: str, kind: str, name: str, callback_url: str | None,
-                       secret_stdin: bool, as_json: bool) -> None:
+                       outbound_base_url: str | None, outbound_email: str | None, secret_stdin: bool,
+                       outbound_token_stdin: bool, as_json: bool) -> None:
     """Register an integration; prints its webhook URL and signing secret once."""
     from app.intake.services import create_integration
     from app.tenants.services import get_tenant_by_slug
 
+    # Secrets come on stdin, never as arguments: arguments land in shell history and `ps`.
     supplied = sys.stdin.readline().strip() if secret_stdin else None
+    outbound = None
+    if outbound_base_url or outbound_token_stdin:
+        if not (outbound_base_url and outbound_email and outbound_token_stdin):
+            raise click.BadParameter("status comments need --outbound-base-url, --outbound-email and "
+                                     "--outbound-token-stdin together")
+        outbound = {"base_url": outbound_base_url, "email": outbound_email,
+                    "api_token": sys.stdin.readline().strip()}
     created, secret = create_integration(get_tenant_by_slug(tenant_slug), kind=kind, name=name,
-                                         callback_url=callback_url, secret=supplied)
+                                         callback_url=callback_url, secret=supplied, outbound=outbound)
     url = f"{Settings().public_url.rstrip('/')}/v1/webhooks/{created.id}"
     _emit({"id": str(created.id), "kind": kind, "name": name, "webhook_url": url, "signing_secret": secret},
           as_json, f"integration {name} ({kind}) id={created.id}\nwebhook URL: {url}\n"
           f"signing secret (shown once, store it now): {secret}")
+
+
+@integration.command("rotate-secret")
+@click.argument("integration_id")
+@click.option("--secret-stdin", is_flag=True, help="Read the new secret from stdin (vendor-issued).")
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def integration_rotate(integration_id: str, secret_stdin: bool, as_json: bool) -> None:
+    """Replace the signing secret; the previous one keeps working for 24 hours."""
+    from app.actor import Actor
+    from app.intake.services import get_integration, rotate_secret
+
+    found = get_integration(integration_id)
+    supplied = sys.stdin.readline().strip() if secret_stdin else None
+    secret = rotate_secret(found, actor=Actor(type="operator", id="cli", tenant_id=found.tenant_id), secret=supplied)
+    _emit({"id": str(found.id), "signing_secret": secret,
+           "previous_valid_until": found.previous_secret_expires_at.isoformat()
+           if found.previous_secret_expires_at else None}, as_json,
+          f"new signing secret (shown once, store it now): {secret}\n"
+          f"the previous secret keeps working until {found.previous_secret_expires_at}")
 
 
 @main.command("messages")
