@@ -13,7 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app.config import Settings
 from app.errors import error_response, register_error_handlers
 from app.extensions import api, db
-from app.web import install_request_lifecycle
+from app.web import init_api, install_request_lifecycle
 
 
 class InsecureConfiguration(RuntimeError):
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from app.intake import outbox
 
     outbox.install(FlaskSession)
-    api.init_app(app)
+    init_api(api, app)
     register_error_handlers(app)  # after Api, so our error shape wins over flask-smorest's
     install_request_lifecycle(app)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 from flask import Flask, Response, g, jsonify
+from marshmallow import Schema, fields
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -34,6 +35,18 @@ class RekeyError(Exception):
 
     def to_body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class ErrorDetail(Schema):
+    code = fields.String(required=True, metadata={"description": "What went wrong, for programs"})
+    message = fields.String(required=True, metadata={"description": "What went wrong, for people"})
+    details = fields.Dict(required=True, metadata={"description": "Facts about it (fields, state)"})
+
+
+class ErrorSchema(Schema):
+    """The body of every error response, as the OpenAPI document describes it (`Error`)."""
+
+    error = fields.Nested(ErrorDetail, required=True)
 
 
 class ValidationFailed(RekeyError):
@@ -118,7 +131,7 @@ def _from_http_exception(exc: HTTPException) -> Response:
         # webargs reports schema failures as 422; the contract keeps 422 for rule refusals, and a
         # body that does not match the schema is a malformed request.
         return error_response(400, "validation_error", "The request body failed validation.",
-                              {"fields": _flatten_locations(messages)})
+                              {"fields": flatten_locations(messages)})
     if status == 400 and messages is not None:
         return error_response(400, "malformed_json", "The request body is not valid JSON.")
     if status == 413:
@@ -131,8 +144,8 @@ def _from_http_exception(exc: HTTPException) -> Response:
     return response
 
 
-def _flatten_locations(messages: Any) -> Any:
-    # webargs nests messages by location ("json", "query"); callers only care about fields.
+def flatten_locations(messages: Any) -> Any:
+    """webargs nests messages by location ("json", "query"); callers only care about fields."""
     if isinstance(messages, dict) and set(messages) <= {"json", "query", "form", "headers", "view_args"}:
         merged: dict[str, Any] = {}
         for value in messages.values():

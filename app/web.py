@@ -7,18 +7,29 @@ import json
 import re
 import uuid
 from collections.abc import Callable
+from copy import deepcopy
 from functools import wraps
 from typing import Any, TypeVar
 
 import flask_smorest
 import structlog
+from apispec import BasePlugin
 from flask import Flask, Response, current_app, g, request
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from webargs import core
 from webargs.flaskparser import FlaskParser
 
 from app.actor import Actor
-from app.errors import Forbidden, MalformedRequest, RekeyError, Unauthenticated, error_response
+from app.errors import (
+    ErrorSchema,
+    Forbidden,
+    MalformedRequest,
+    RekeyError,
+    Unauthenticated,
+    ValidationFailed,
+    error_response,
+    flatten_locations,
+)
 from app.extensions import db
 
 log = structlog.get_logger(__name__)
@@ -81,6 +92,15 @@ def loads_strict(raw: bytes | str) -> Any:
 
 
 class StrictParser(FlaskParser):
+    # A body or query that fails its schema is a malformed request (400), as the contract says
+    # and the OpenAPI document shows; 422 is kept for rules a well-formed request breaks.
+    DEFAULT_VALIDATION_STATUS = 400
+
+    def handle_error(self, error: Any, req: Any, schema: Any, *, error_status_code: int | None,
+                     error_headers: Any) -> Any:
+        raise ValidationFailed("The request body failed validation.",
+                               details={"fields": flatten_locations(error.messages)})
+
     def _raw_load_json(self, req: Any) -> Any:
         data = req.get_data(cache=True)
         if not data:
@@ -99,6 +119,51 @@ class StrictParser(FlaskParser):
 
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = StrictParser()
+
+
+BEARER_AUTH = "bearerAuth"
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+
+
+def error_responses(described: dict[int, str]) -> dict[int, Any]:
+    """OpenAPI responses for these error statuses, each with the contract's error body; for
+    `@blp.doc(responses=...)`."""
+    return {status: {"description": text, "content": {"application/json": {"schema": _ERROR_REF}}}
+            for status, text in described.items()}
+
+
+def _document(view: Any, *, security: bool, errors: dict[int, str]) -> None:
+    # The credential decorators document themselves, so no authenticated route can be missing
+    # its security requirement or its 401 in the OpenAPI document.
+    doc = deepcopy(getattr(view, "_apidoc", {}))
+    manual = doc.setdefault("manual_doc", {})
+    if security:
+        manual["security"] = [{BEARER_AUTH: []}]
+    responses = manual.setdefault("responses", {})
+    for status, response in error_responses(errors).items():
+        responses.setdefault(status, response)  # the view's own wording wins
+    view._apidoc = doc
+
+
+class SchemaKeywordsPlugin(BasePlugin):  # type: ignore[misc]
+    """Adds a marshmallow schema's `openapi_keywords` (JSON Schema a field cannot express, such
+    as two fields that exclude each other) to its OpenAPI component."""
+
+    def schema_helper(self, name: str, definition: Any, **kwargs: Any) -> dict[str, Any] | None:
+        schema = kwargs.get("schema")
+        keywords = getattr(schema, "openapi_keywords", None)
+        return deepcopy(keywords) if keywords else None
+
+
+def init_api(api: Any, app: Flask) -> None:
+    """Bind flask-smorest to the app with the document the contract describes: our error body,
+    the bearer scheme the credential decorators require, schema keywords fields cannot say."""
+    api.ERROR_SCHEMA = ErrorSchema
+    api.init_app(app, spec_kwargs={"extra_plugins": [SchemaKeywordsPlugin()]})
+    api.spec.components.security_scheme(BEARER_AUTH, {
+        "type": "http", "scheme": "bearer",
+        "description": "An agent API token (admin routes) or a user session token (auth routes).",
+    })
 
 
 def client_ip() -> str | None:
@@ -173,6 +238,9 @@ def agent_required(*roles: str) -> Callable[[F], F]:
             )
             return view(*args, **kwargs)
 
+        _document(wrapper, security=True, errors={
+            401: "The bearer token is missing or not valid.",
+            403: "The agent's role, or the case's state (escalated), does not allow this."})
         return wrapper  # type: ignore[return-value]
 
     return decorate
@@ -194,6 +262,10 @@ def session_required(*, restricted_ok: bool) -> Callable[[F], F]:
             )
             return view(*args, **kwargs)
 
+        errors = {401: "The session token is missing, expired or revoked."}
+        if not restricted_ok:
+            errors[403] = "A recovery session may only enrol a factor and change the password."
+        _document(wrapper, security=True, errors=errors)
         return wrapper  # type: ignore[return-value]
 
     return decorate

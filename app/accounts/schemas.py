@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from marshmallow import Schema, fields, validate
 
 
 class SigninIn(Schema):
-    email = fields.String(required=True, validate=validate.Length(min=3, max=320))
+    # Checked (after NFKC and lower-casing) by the accounts service, which refuses non-ASCII
+    # addresses; documented as an email so a client knows a bare name is malformed (400).
+    email = fields.String(required=True, validate=validate.Length(min=3, max=320),
+                          metadata={"format": "email"})
     password = fields.String(required=True, validate=validate.Length(min=1, max=1024), load_only=True)
     otp = fields.String(validate=validate.Length(min=1, max=16), load_only=True)
     backup_code = fields.String(validate=validate.Length(min=1, max=64), load_only=True)
+    # A sign-in names one second factor: both at once is malformed (400).
+    openapi_keywords: ClassVar[dict[str, Any]] = {"not": {"required": ["otp", "backup_code"]}}
 
 
 class SigninOut(Schema):

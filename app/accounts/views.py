@@ -26,7 +26,14 @@ from app.errors import Forbidden, Unauthenticated
 from app.extensions import db
 from app.tenants.models import Tenant
 from app.tenants.services import get_tenant_by_slug
-from app.web import Blueprint, agent_required, anonymous_actor, current_actor, session_required
+from app.web import (
+    Blueprint,
+    agent_required,
+    anonymous_actor,
+    current_actor,
+    error_responses,
+    session_required,
+)
 
 auth = Blueprint("auth", __name__, url_prefix="/v1/auth", description="End-user sign-in and enrolment")
 admin_users = Blueprint("admin_users", __name__, url_prefix="/v1/admin/users",
@@ -47,6 +54,14 @@ def _tenant_from_header() -> Tenant:
 
 
 @auth.route("/signin", methods=["POST"])
+@auth.doc(
+    parameters=[{"in": "header", "name": TENANT_HEADER, "required": True, "schema": {"type": "string"},
+                 "description": "The tenant's slug, set by the tenant's own sign-in front end."}],
+    responses=error_responses({
+        401: "The email, password or code is not correct (the same answer for an unknown account "
+             "or tenant).",
+        403: "The account is suspended.",
+        429: "Too many failed sign-ins for the account or from the address (see Retry-After)."}))
 @auth.arguments(SigninIn)
 @auth.response(200, SigninOut)
 def signin(body: dict[str, Any]) -> Any:
@@ -73,6 +88,7 @@ def enrol_totp() -> Any:
 
 @auth.route("/enrol/totp/confirm", methods=["POST"])
 @session_required(restricted_ok=True)
+@auth.doc(responses=error_responses({422: "The code is not valid, or no enrolment is pending."}))
 @auth.arguments(CodeIn)
 @auth.response(200, FactorOut)
 def confirm_totp(body: dict[str, Any]) -> Any:
@@ -82,6 +98,7 @@ def confirm_totp(body: dict[str, Any]) -> Any:
 
 @auth.route("/backup-codes", methods=["POST"])
 @session_required(restricted_ok=True)
+@auth.doc(responses=error_responses({403: "A recovery session must enrol a factor first."}))
 @auth.response(201, BackupCodesOut)
 def regenerate_backup_codes() -> Any:
     """Replace all backup codes with ten new ones, shown once."""
@@ -95,6 +112,8 @@ def regenerate_backup_codes() -> Any:
 
 @auth.route("/password", methods=["POST"])
 @session_required(restricted_ok=True)
+@auth.doc(responses=error_responses({
+    422: "The current password is wrong, or the new one breaks a password rule."}))
 @auth.arguments(PasswordChangeIn)
 @auth.response(200, StatusOut)
 def change_password(body: dict[str, Any]) -> Any:
@@ -104,8 +123,12 @@ def change_password(body: dict[str, Any]) -> Any:
     return {"status": "password_changed"}
 
 
+NO_USER = "No such user (another tenant's user is not found either)."
+
+
 @admin_users.route("/<user_id>", methods=["GET"])
 @agent_required()
+@admin_users.doc(responses=error_responses({404: NO_USER}))
 @admin_users.response(200, UserDetailOut)
 def user_detail(user_id: str) -> Any:
     """User detail: factors, backup codes remaining, identities, channels, recent sign-ins."""
@@ -114,6 +137,8 @@ def user_detail(user_id: str) -> Any:
 
 @admin_users.route("/<user_id>/notes", methods=["POST"])
 @agent_required()
+@admin_users.doc(responses=error_responses({
+    404: NO_USER, 422: "The note looks like it holds a code; secrets never go in notes."}))
 @admin_users.arguments(NoteIn)
 @admin_users.response(201, NoteOut)
 def post_note(body: dict[str, Any], user_id: str) -> Any:

@@ -11,7 +11,7 @@ from app.audit.models import AuditAction
 from app.audit.schemas import AuditQuery, ChainReportOut
 from app.audit.services import AuditFilter, export_lines, record_event, verify_chain
 from app.extensions import db
-from app.web import Blueprint, agent_required, current_actor
+from app.web import Blueprint, agent_required, current_actor, error_responses
 
 blp = Blueprint("audit", __name__, url_prefix="/v1/admin/audit", description="Audit trail")
 
@@ -21,8 +21,11 @@ blp = Blueprint("audit", __name__, url_prefix="/v1/admin/audit", description="Au
 # An unknown parameter is refused, not ignored: a misspelt filter (`acton=`) would otherwise
 # hand a compliance officer the whole trail as if it were the filtered one.
 @blp.arguments(AuditQuery, location="query", unknown=RAISE)
-@blp.response(200, content_type="application/x-ndjson",
-              description="One JSON object a line (or CSV with format=csv), in seq order.")
+@blp.doc(responses={200: {
+    "description": "The events in seq order: one JSON object a line (format=jsonl), or CSV with a "
+                   "header row (format=csv).",
+    "content": {"application/x-ndjson": {"schema": {"type": "string"}},
+                "text/csv": {"schema": {"type": "string"}}}}})
 def export(query: dict[str, Any]) -> Any:
     """Stream the tenant's audit events, filtered, as JSON lines or CSV."""
     actor = current_actor()
@@ -38,6 +41,7 @@ def export(query: dict[str, Any]) -> Any:
 
 @blp.route("/verify", methods=["GET"])
 @agent_required("senior_admin")
+@blp.doc(responses=error_responses({403: "Only a senior admin verifies the chain."}))
 @blp.response(200, ChainReportOut)
 def verify() -> Any:
     """Recompute the tenant's hash chain and name the first broken seq."""

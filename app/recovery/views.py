@@ -20,9 +20,12 @@ from app.recovery.schemas import (
     VerificationCallIn,
     VerificationCallOut,
 )
-from app.web import Blueprint, agent_required, client_ip, current_actor
+from app.web import Blueprint, agent_required, client_ip, current_actor, error_responses
 
 blp = Blueprint("cases", __name__, url_prefix="/v1/admin/cases", description="Recovery cases")
+
+NO_CASE = "No such case (another tenant's case is not found either)."
+WRONG_STATE = "The case's state does not allow this; the body names the allowed actions."
 
 # action name -> service; each returns (the CaseAction it created or None, codes shown once or None).
 ACTIONS: dict[str, Any] = {
@@ -57,6 +60,7 @@ def index(query: dict[str, Any]) -> Any:
 
 @blp.route("/<case_id>", methods=["GET"])
 @agent_required()
+@blp.doc(responses=error_responses({404: NO_CASE}))
 @blp.response(200, CaseDetail)
 def show(case_id: str) -> Any:
     """State, flags, evidence, recommended path with reasons, allowed actions, timeline."""
@@ -65,6 +69,9 @@ def show(case_id: str) -> Any:
 
 @blp.route("/<case_id>/evidence", methods=["POST"])
 @agent_required()
+@blp.doc(responses=error_responses({
+    404: NO_CASE, 409: WRONG_STATE,
+    422: "Unacceptable evidence (the runbook's reason is in details); the attempt is audited."}))
 @blp.arguments(EvidenceIn)
 @blp.response(201, EvidenceOut)
 def add_evidence(body: dict[str, Any], case_id: str) -> Any:
@@ -75,6 +82,9 @@ def add_evidence(body: dict[str, Any], case_id: str) -> Any:
 
 @blp.route("/<case_id>/verification-calls", methods=["POST"])
 @agent_required()
+@blp.doc(responses=error_responses({
+    404: NO_CASE + " Or no such phone channel on the case's user.", 409: WRONG_STATE,
+    422: "The number was added on or after the day the case opened."}))
 @blp.arguments(VerificationCallIn)
 @blp.response(202, VerificationCallOut)
 def place_call(body: dict[str, Any], case_id: str) -> Any:
@@ -85,6 +95,9 @@ def place_call(body: dict[str, Any], case_id: str) -> Any:
 
 @blp.route("/<case_id>/verification-calls/<call_id>/confirm", methods=["POST"])
 @agent_required()
+@blp.doc(responses=error_responses({
+    404: NO_CASE + " Or no such call on the case.", 409: WRONG_STATE,
+    422: "The code is wrong, or the call expired, was locked or superseded."}))
 @blp.arguments(ConfirmIn)
 @blp.response(200, VerificationCallOut)
 def confirm_call(body: dict[str, Any], case_id: str, call_id: str) -> Any:
@@ -94,6 +107,9 @@ def confirm_call(body: dict[str, Any], case_id: str, call_id: str) -> Any:
 
 @blp.route("/<case_id>/actions/<action>", methods=["POST"])
 @agent_required()
+@blp.doc(responses=error_responses({
+    404: NO_CASE + " Or no such action.", 409: WRONG_STATE,
+    422: "A rule refused the action (no acceptable evidence, a risk flag, the two-person rule)."}))
 @blp.arguments(ActionIn)
 @blp.response(200, ActionOut)
 def act(body: dict[str, Any], case_id: str, action: str) -> Any:
@@ -114,6 +130,7 @@ links = Blueprint("recovery_links", __name__, url_prefix="/v1/recovery",
 
 
 @links.route("/report/<token>", methods=["POST"])
+@links.doc(responses=error_responses({404: "The link is not valid (used, expired or never issued)."}))
 @links.response(202, LinkOut)
 def report(token: str) -> Any:
     """"This wasn't me": suspends the account, revokes sessions and escalates the case."""
@@ -122,6 +139,7 @@ def report(token: str) -> Any:
 
 
 @links.route("/cancel/<token>", methods=["POST"])
+@links.doc(responses=error_responses({404: "The link is not valid (used, expired or never issued)."}))
 @links.response(202, LinkOut)
 def cancel(token: str) -> Any:
     """Cancel a scheduled reset; the case becomes a suspected attack."""
