@@ -64,6 +64,9 @@ def create_link(case: RecoveryCase, purpose: str, *, ttl: timedelta = LINK_TTL) 
 
 def redeem_link(token: str, purpose: str) -> RecoveryLink | None:
     """The live link this token names (locked), or None for any invalid, used or expired token."""
+    if not token.isascii():
+        # A real token is hex; `compare_digest` raises on non-ASCII text (a 500, not a 404).
+        return None
     link_hex, _, mac = token.partition(".")
     try:
         link_id = uuid.UUID(hex=link_hex)
