@@ -1,11 +1,21 @@
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
 from app.recovery.cases import REFUSAL_TRIGGERS
 from app.recovery.models import STATES
 
-Reason = fields.String(required=True, validate=validate.Length(min=3, max=2000))
+
+def _not_blank(value: str) -> None:
+    if not value.strip():
+        raise ValidationError("A reason needs words, not only whitespace.")
+
+
+def reason_field(*, required: bool = True) -> fields.String:
+    """A reason for the audit trail: 3-2000 characters, not all of them whitespace (a blank
+    reason would satisfy the rule "every action carries a reason" in form only)."""
+    return fields.String(required=required, validate=[validate.Length(min=3, max=2000), _not_blank],
+                         metadata={"pattern": r"\S"})
 
 
 class CaseListQuery(Schema):
@@ -16,7 +26,7 @@ class CaseListQuery(Schema):
 class EvidenceIn(Schema):
     type = fields.String(required=True, validate=validate.Length(min=1, max=40))
     details = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), load_default=dict)
-    reason = fields.String(required=True, validate=validate.Length(min=3, max=2000))
+    reason = reason_field()
 
 
 class EvidenceOut(Schema):
@@ -58,9 +68,9 @@ class ActionIn(Schema):
     a reset is needed although codes remain; `delivery` is for `generate_backup_codes`
     (`verified_phone`, or `video_call` when the acting agent verified the user on one)."""
 
-    reason = fields.String(required=True, validate=validate.Length(min=3, max=2000))
+    reason = reason_field()
     trigger = fields.String(validate=validate.OneOf(REFUSAL_TRIGGERS))
-    backup_codes_unusable = fields.String(validate=validate.Length(min=3, max=2000))
+    backup_codes_unusable = reason_field(required=False)
     delivery = fields.String(load_default="verified_phone",
                              validate=validate.OneOf(["verified_phone", "video_call"]))
 
