@@ -18,6 +18,7 @@ from flask import Flask, Response, current_app, g, request
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from webargs import core
 from webargs.flaskparser import FlaskParser
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.actor import Actor
 from app.errors import (
@@ -177,6 +178,11 @@ def install_request_lifecycle(app: Flask) -> None:
         g.request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
         g.keep_changes = False
         structlog.contextvars.bind_contextvars(request_id=g.request_id)
+        # Werkzeug enforces the body limit only when a view reads the body; a view that never
+        # does (enrolment, the report links) would otherwise accept any size. Refuse it first.
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        if limit is not None and (request.content_length or 0) > limit:
+            raise RequestEntityTooLarge()
 
     @app.after_request
     def _finish(response: Response) -> Response:
