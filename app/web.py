@@ -80,6 +80,13 @@ def _check_text(text: str, where: str = "JSON body") -> None:
         raise MalformedRequest(f"The {where} contains an unpaired surrogate.") from exc
 
 
+def check_form_text(params: dict[str, str]) -> None:
+    """Refuse NUL and unpaired surrogates in form fields, as in JSON bodies and query strings."""
+    for key, value in params.items():
+        _check_text(key, "form body")
+        _check_text(value, "form body")
+
+
 def loads_strict(raw: bytes | str) -> Any:
     """Parse a JSON body, refusing duplicate keys, NUL, lone surrogates and deep nesting."""
     try:

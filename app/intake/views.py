@@ -10,7 +10,7 @@ from app.errors import RuleRefused, Unauthenticated
 from app.intake.schemas import IntakeOut, TwilioStatusIn, WebhookEnvelope
 from app.intake.services import get_integration, receive_delivery
 from app.recovery.evidence import record_provider_status
-from app.web import Blueprint, app_settings, client_ip, error_responses
+from app.web import Blueprint, app_settings, check_form_text, client_ip, error_responses
 from integrations.base import PayloadError
 from integrations.channels.twilio import parse_status_callback, validate_twilio_signature
 
@@ -60,7 +60,8 @@ def receive(integration_id: str) -> Any:
     requestBody={"required": True,
                  "content": {"application/x-www-form-urlencoded": {"schema": TwilioStatusIn}}},
     responses={204: {"description": "Status recorded"},
-               **error_responses({401: "Bad X-Twilio-Signature",
+               **error_responses({400: "A field holds NUL or an unpaired surrogate",
+                                  401: "Bad X-Twilio-Signature",
                                   422: "Signed, but not a status callback"})})
 def twilio_status() -> Any:
     """Twilio's status callback for a verification SMS or call, checked with its signature."""
@@ -70,6 +71,7 @@ def twilio_status() -> Any:
     if not validate_twilio_signature(url, params, request.headers.get("X-Twilio-Signature", ""),
                                      settings.twilio_auth_token):
         raise Unauthenticated("The Twilio signature is missing or invalid.", code="invalid_signature")
+    check_form_text(params)  # a NUL would reach the provider-id lookup (a 500 on PostgreSQL)
     try:
         provider_id, status = parse_status_callback(params)
     except PayloadError as exc:
