@@ -166,6 +166,26 @@ def world(app: Any) -> Any:
     return SimpleNamespace(tenant=tenant, agent=build.agent(tenant), user=build.user(tenant))
 
 
+@pytest.fixture(scope="module")
+def cached_password_hashes() -> Iterator[None]:
+    """Users a module creates share one argon2 hash per password (each costs ~0.1 s, and hashing
+    is not what those tests are about); every verification stays real. Opt in per module with
+    `pytestmark = pytest.mark.usefixtures("cached_password_hashes")`."""
+    from app.accounts import services
+
+    real, memo = services.hash_password, {}
+
+    def cached(password: str) -> str:
+        if password not in memo:
+            memo[password] = real(password)
+        return memo[password]
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(services, "hash_password", cached)
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def tune(app: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Override settings for one test: `tune(signin_max_failures=3)`."""

@@ -17,6 +17,8 @@ from app.audit.services import record_event
 from app.extensions import db
 from tests.flows import audit_rows
 
+pytestmark = pytest.mark.usefixtures("cached_password_hashes")
+
 
 @pytest.fixture
 def rekey(app, monkeypatch):

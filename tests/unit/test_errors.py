@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
@@ -10,6 +11,8 @@ from app.accounts.models import Note
 from app.audit.models import AuditEvent
 from app.extensions import db
 from tests.flows import TENANT_HEADER
+
+pytestmark = pytest.mark.usefixtures("cached_password_hashes")
 
 
 def _counts(app, tenant) -> tuple[int, int]:

@@ -14,6 +14,8 @@ from app.extensions import db
 from tests.factories import PASSWORD
 from tests.flows import TENANT_HEADER, audit_rows, signin
 
+pytestmark = pytest.mark.usefixtures("cached_password_hashes")
+
 
 def _written(app, tenant) -> tuple[int, int, int]:
     """Rows a request could have written for this tenant: attempts, audit events, notes."""

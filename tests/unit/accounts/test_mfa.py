@@ -28,6 +28,8 @@ from tests.flows import (
     user_actor,
 )
 
+pytestmark = pytest.mark.usefixtures("cached_password_hashes")
+
 
 def _factor(user: User) -> MfaFactor:
     return db.session.scalars(

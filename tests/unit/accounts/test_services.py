@@ -17,6 +17,8 @@ from app.extensions import db
 from tests.factories import PHONE
 from tests.flows import audit_rows, session_token
 
+pytestmark = pytest.mark.usefixtures("cached_password_hashes")
+
 ADDED = datetime(2024, 3, 4, 5, 6, 7, tzinfo=UTC)
 
 

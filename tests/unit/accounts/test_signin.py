@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 
 import pyotp
+import pytest
 from sqlalchemy import select, update
 
 from app.accounts.models import PasswordIdentity, User, UserSession
@@ -22,6 +23,8 @@ from tests.flows import (
     session_token,
     signin,
 )
+
+pytestmark = pytest.mark.usefixtures("cached_password_hashes")
 
 WRONG = "not the password at all"
 

@@ -14,6 +14,8 @@ from app.extensions import db
 from tests.factories import PHONE
 from tests.flows import audit_rows, bearer, enrol_totp, issue_codes, session_token, signin
 
+pytestmark = pytest.mark.usefixtures("cached_password_hashes")
+
 ADDED = datetime(2024, 3, 4, 5, 6, 7, tzinfo=UTC)
 
 
