@@ -137,8 +137,10 @@ def normalize_backup_code(raw: str) -> str | None:
                     for i in range(0, len(compact), _CODE_GROUP_LEN))
 
 
-def issue_backup_codes(actor: Actor, user: User, *, reason: str | None = None) -> list[str]:
-    """Replace every unused code with a fresh set of ten; returns the codes (shown once)."""
+def issue_backup_codes(actor: Actor, user: User, *, reason: str | None = None,
+                       case_id: uuid.UUID | None = None) -> list[str]:
+    """Replace every unused code with a fresh set of ten; returns the codes (shown once).
+    `case_id` names the recovery case an admin generated them for, in the audit trail."""
     now = utcnow()
     db.session.execute(
         update(BackupCode)
@@ -160,7 +162,7 @@ def issue_backup_codes(actor: Actor, user: User, *, reason: str | None = None) -
                                   hash=hash_code(code), created_at=now))
     db.session.flush()
     record_event(actor, AuditAction.BACKUP_CODES_GENERATED, tenant_id=user.tenant_id,
-                 target_user_id=user.id, reason=reason,
+                 target_user_id=user.id, case_id=case_id, reason=reason,
                  details={"count": BACKUP_CODE_COUNT, "batch_id": str(batch),
                           "by": "admin" if actor.type == "agent" else actor.type})
     return codes

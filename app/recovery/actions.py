@@ -216,7 +216,7 @@ def request_secret_delivery(actor: Actor, case_id: uuid.UUID | str, action: str,
         if action != "generate_backup_codes" or not _agents_video_call(actor, case):
             raise NoVerifiedChannel("Only backup codes, and only to the agent who verified the user on a "
                                     "video call, may be read out on that call.")
-        codes = issue_backup_codes(actor, user, reason=reason)
+        codes = issue_backup_codes(actor, user, reason=reason, case_id=case.id)
         _after_secret_issued(case, "mfa.backup_codes_generated")
         return None, codes
     if verified_phone_channel(case) is None:
@@ -339,7 +339,7 @@ def deliver_secret(action_id: uuid.UUID) -> bool:
 
 
 def _do_backup_codes(actor: Actor, case: RecoveryCase, user: User, row: CaseAction) -> None:
-    _seal_for_delivery(row, issue_backup_codes(actor, user, reason=row.reason))
+    _seal_for_delivery(row, issue_backup_codes(actor, user, reason=row.reason, case_id=case.id))
     _after_secret_issued(case, "mfa.backup_codes_generated")
 
 
