@@ -1,0 +1,335 @@
+"""The tenant isolation matrix (R30): every route of the app, every object type, tenant B's
+credentials aimed at tenant A's ids. B gets 404 (never 403, never 200), A's rows and audit
+chain are unchanged, and no answer to B names anything of A's.
+
+The route list comes from `app.url_map`: a route nobody classified here fails the suite, so a
+new endpoint cannot escape the matrix.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.adversarial.conftest import (
+    PASSWORD,
+    TENANT_HEADER,
+    VIDEO_CALL,
+    Side,
+    World,
+    assert_error,
+    post_signed,
+)
+
+# How each route is reached, and so how another tenant could try to reach A through it.
+AGENT = "agent: B's agent token with A's ids in the path (or body)"
+AGENT_LIST = "agent: B's agent token; the answer is B's own, filtered by A's ids or not"
+SESSION = "user session: acts on the session's own user, names no id"
+SIGNIN = "sign-in: the tenant named by X-Rekey-Tenant, credentials checked inside it"
+WEBHOOK = "webhook: the integration in the path, proven by its own signing secret"
+PROVIDER = "provider callback: Twilio's signature; the call is found by Twilio's id"
+LINK = "signed link: the token is the credential, no tenant credential is involved"
+PUBLIC = "public: health and the API document, no tenant data"
+
+ROUTES: dict[tuple[str, str], str] = {
+    ("/v1/admin/users/<user_id>", "GET"): AGENT,
+    ("/v1/admin/users/<user_id>/notes", "POST"): AGENT,
+    ("/v1/admin/cases/<case_id>", "GET"): AGENT,
+    ("/v1/admin/cases/<case_id>/evidence", "POST"): AGENT,
+    ("/v1/admin/cases/<case_id>/verification-calls", "POST"): AGENT,
+    ("/v1/admin/cases/<case_id>/verification-calls/<call_id>/confirm", "POST"): AGENT,
+    ("/v1/admin/cases/<case_id>/actions/<action>", "POST"): AGENT,
+    ("/v1/admin/cases", "GET"): AGENT_LIST,
+    ("/v1/admin/audit", "GET"): AGENT_LIST,
+    ("/v1/admin/audit/verify", "GET"): AGENT_LIST,
+    ("/v1/auth/signin", "POST"): SIGNIN,
+    ("/v1/auth/enrol/totp", "POST"): SESSION,
+    ("/v1/auth/enrol/totp/confirm", "POST"): SESSION,
+    ("/v1/auth/backup-codes", "POST"): SESSION,
+    ("/v1/auth/password", "POST"): SESSION,
+    ("/v1/webhooks/<integration_id>", "POST"): WEBHOOK,
+    ("/v1/webhooks/twilio/status", "POST"): PROVIDER,
+    ("/v1/recovery/report/<token>", "POST"): LINK,
+    ("/v1/recovery/cancel/<token>", "POST"): LINK,
+    ("/healthz", "GET"): PUBLIC,
+    ("/readyz", "GET"): PUBLIC,
+    ("/openapi.json", "GET"): PUBLIC,
+    ("/static/<path:filename>", "GET"): PUBLIC,  # Flask's default; Rekey ships no static files
+}
+
+ACTIONS = ("force_mfa_reset", "generate_backup_codes", "set_temporary_password", "suspend_user", "approve",
+           "resume", "refuse", "reopen", "escalate", "send_follow_up", "close")
+
+
+def _app_routes(app: Any) -> set[tuple[str, str]]:
+    return {(rule.rule, method) for rule in app.url_map.iter_rules()
+            for method in (rule.methods or ()) if method not in ("HEAD", "OPTIONS")}
+
+
+def test_every_route_is_classified(app: Any) -> None:
+    routes = _app_routes(app)
+    assert routes - set(ROUTES) == set(), "classify the new route(s) in ROUTES and probe them"
+    assert set(ROUTES) - routes == set(), "a classified route no longer exists"
+
+
+def test_every_action_is_probed() -> None:
+    from app.recovery.views import ACTIONS as SERVED
+
+    assert set(SERVED) == set(ACTIONS)
+
+
+# --- B's agents aimed at A's objects ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One request naming A's object(s); `route` ties it to the matrix."""
+
+    route: tuple[str, str]
+    name: str
+    url: str
+    body: dict[str, Any] | None = None
+
+
+def agent_probes(a: Side, b: Side) -> list[Probe]:
+    """Every agent route, with every object type of A's that it can name: users, cases, calls,
+    channels (a body reference), each action; and B's own case with A's call or channel."""
+    case = f"/v1/admin/cases/{a.case_id}"
+    own = f"/v1/admin/cases/{b.case_id}"
+    calls = "/v1/admin/cases/<case_id>/verification-calls"
+    confirm = "/v1/admin/cases/<case_id>/verification-calls/<call_id>/confirm"
+    probes = [
+        Probe(("/v1/admin/users/<user_id>", "GET"), "A's user", f"/v1/admin/users/{a.user_id}"),
+        Probe(("/v1/admin/users/<user_id>/notes", "POST"), "a note on A's user",
+              f"/v1/admin/users/{a.user_id}/notes", {"body": "Looked at this account."}),
+        Probe(("/v1/admin/cases/<case_id>", "GET"), "A's case", case),
+        Probe(("/v1/admin/cases/<case_id>/evidence", "POST"), "evidence on A's case", f"{case}/evidence",
+              {"type": "video_call", "details": VIDEO_CALL, "reason": "seen on video"}),
+        Probe(("/v1/admin/cases/<case_id>/evidence", "POST"), "refused evidence on A's case",
+              f"{case}/evidence", {"type": "email_match", "details": {}, "reason": "address matches"}),
+        Probe((calls, "POST"), "a call on A's case to A's phone", f"{case}/verification-calls",
+              {"channel_id": a.channel_id, "method": "sms"}),
+        Probe((calls, "POST"), "a call on B's case to A's phone", f"{own}/verification-calls",
+              {"channel_id": a.channel_id, "method": "voice"}),
+        Probe((confirm, "POST"), "A's call on A's case", f"{case}/verification-calls/{a.call_id}/confirm",
+              {"code": "12345678"}),
+        Probe((confirm, "POST"), "A's call on B's case", f"{own}/verification-calls/{a.call_id}/confirm",
+              {"code": "12345678"}),
+    ]
+    for action in ACTIONS:
+        probes.append(Probe(("/v1/admin/cases/<case_id>/actions/<action>", "POST"), f"{action} on A's case",
+                            f"{case}/actions/{action}",
+                            {"reason": "cross-tenant probe", "backup_codes_unusable": "lost them too"}
+                            if action == "force_mfa_reset" else {"reason": "cross-tenant probe"}))
+    return probes
+
+
+def _send(client: Any, probe: Probe, headers: dict[str, str]) -> Any:
+    method = probe.route[1]
+    return client.open(probe.url, method=method, headers=headers, json=probe.body)
+
+
+def _no_leak(answer: Any, side: Side) -> None:
+    text = answer.get_data(as_text=True)
+    leaked = sorted(name for name in side.id_strings() if name in text)
+    assert not leaked, f"the answer names the other tenant's {leaked}"
+
+
+def test_every_agent_route_is_probed(world: World) -> None:
+    probed = {p.route for p in agent_probes(world.a, world.b)}
+    assert probed == {route for route, kind in ROUTES.items() if kind == AGENT}
+
+
+@pytest.mark.parametrize("role", ["support", "senior"])
+def test_b_agents_get_404_for_every_object_of_a(client: Any, world: World, unchanged: Any, role: str) -> None:
+    a, b = world.a, world.b
+    headers = getattr(b, role).headers
+    for probe in agent_probes(a, b):
+        with unchanged(a):
+            answer = _send(client, probe, headers)
+            assert_error(answer, 404, "not_found")
+        _no_leak(answer, a)
+
+
+def test_b_user_session_is_no_agent_token(client: Any, world: World, unchanged: Any) -> None:
+    a, b = world.a, world.b
+    for probe in agent_probes(a, b):
+        with unchanged(a):
+            assert_error(_send(client, probe, b.session_headers), 401)
+
+
+def test_b_case_list_never_shows_a(client: Any, world: World, unchanged: Any) -> None:
+    a, b = world.a, world.b
+    for query in ("", "?state=verified", "?state=awaiting_verification", "?limit=500"):
+        with unchanged(a):
+            answer = client.get(f"/v1/admin/cases{query}", headers=b.senior.headers)
+        assert answer.status_code == 200
+        ids = {c["id"] for c in answer.get_json()}
+        assert a.case_id not in ids
+        _no_leak(answer, a)
+    assert b.case_id in {c["id"] for c in client.get("/v1/admin/cases", headers=b.senior.headers).get_json()}
+
+
+def _export(client: Any, side: Side, query: str) -> list[dict[str, Any]]:
+    answer = client.get(f"/v1/admin/audit{query}", headers=side.senior.headers)
+    assert answer.status_code == 200, answer.get_data(as_text=True)[:300]
+    text = answer.get_data(as_text=True)
+    if "format=csv" in query:
+        return list(csv.DictReader(io.StringIO(text)))
+    return [json.loads(line) for line in text.splitlines() if line]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_b_audit_export_never_contains_a_events(client: Any, world: World, unchanged: Any, fmt: str) -> None:
+    a, b = world.a, world.b
+    a_events = {e["id"] for e in _export(client, a, f"?format={fmt}")}
+    assert len(a_events) > 5
+    filters = ["", f"&user={a.user_id}", f"&case={a.case_id}", f"&actor={a.support.agent.id}",
+               "&action=recovery.evidence_recorded", "&since=2000-01-01T00:00:00Z"]
+    for extra in filters:
+        with unchanged(a):
+            rows = _export(client, b, f"?format={fmt}{extra}")
+        assert not {r["id"] for r in rows} & a_events, extra
+        if fmt == "jsonl":
+            assert {r["tenant_id"] for r in rows} <= {str(b.tenant.id)}
+        if extra == "":
+            assert rows, "B's own trail is exported (the test is not vacuous)"
+    answer = client.get(f"/v1/admin/audit?format={fmt}&case={a.case_id}", headers=b.senior.headers)
+    _no_leak(answer, a)
+
+
+def test_b_chain_verification_covers_only_b(client: Any, world: World, unchanged: Any) -> None:
+    a, b = world.a, world.b
+    with unchanged(a):
+        answer = client.get("/v1/admin/audit/verify", headers=b.senior.headers)
+    report = answer.get_json()
+    assert answer.status_code == 200 and report["ok"] is True
+    assert report["tenant_id"] == str(b.tenant.id)
+    assert report["events"] == len(_export(client, b, "?format=jsonl")) - 1  # minus that export's own event
+    _no_leak(answer, a)
+
+
+# --- B's user session, B's sign-in --------------------------------------------------------------
+
+
+def test_b_user_session_touches_only_b(client: Any, world: World, unchanged: Any) -> None:
+    a, b = world.a, world.b
+    calls = [("/v1/auth/enrol/totp", None), ("/v1/auth/enrol/totp/confirm", {"code": "123456"}),
+             ("/v1/auth/backup-codes", None),
+             ("/v1/auth/password", {"new_password": "another long passphrase", "current_password": "wrong one"})]
+    assert {(url, "POST") for url, _ in calls} == {r for r, kind in ROUTES.items() if kind == SESSION}
+    for url, body in calls:
+        with unchanged(a):
+            answer = client.post(url, json=body, headers=b.session_headers)
+        assert answer.status_code < 500
+        _no_leak(answer, a)
+
+
+def test_sign_in_with_a_credentials_at_b_is_the_unknown_user_answer(client: Any, world: World,
+                                                                   unchanged: Any) -> None:
+    a, b = world.a, world.b
+    with unchanged(a):
+        answer = client.post("/v1/auth/signin", json={"email": a.user.email, "password": PASSWORD},
+                             headers={TENANT_HEADER: b.tenant.slug})
+        assert_error(answer, 401, "invalid_credentials")
+    unknown = client.post("/v1/auth/signin", json={"email": "nobody@example.com", "password": PASSWORD},
+                          headers={TENANT_HEADER: b.tenant.slug})
+    assert unknown.get_json() == answer.get_json()
+    # ...and A's own sign-in front end does admit the same credentials (the probe is not vacuous).
+    own = client.post("/v1/auth/signin", json={"email": a.user.email, "password": PASSWORD},
+                      headers={TENANT_HEADER: a.tenant.slug})
+    assert own.status_code == 200 and own.get_json()["status"] == "mfa_required"
+
+
+# --- B's integrations aimed at A ----------------------------------------------------------------
+
+
+def test_webhook_to_a_signed_with_b_secret_is_401(client: Any, world: World, unchanged: Any) -> None:
+    a, b = world.a, world.b
+    payload = {"type": "recovery.requested", "data": {"user_email": a.user.email, "ticket_id": "T-B"}}
+    for integration, secret in ((a.integration, b.secret), (a.integration, b.hr_secret),
+                                (a.hr, b.hr_secret), (a.hr, b.secret)):
+        with unchanged(a):
+            assert_error(post_signed(client, integration, secret, payload), 401, "invalid_signature")
+
+
+@pytest.mark.parametrize("target", ["case_id", "user_email"])
+def test_b_hr_integration_cannot_attest_a_case(client: Any, world: World, unchanged: Any, target: str) -> None:
+    a, b = world.a, world.b
+    data: dict[str, Any] = {"voucher_email": "manager@example.com", "relation": "manager", "reference": "HR-9"}
+    data[target] = a.case_id if target == "case_id" else a.user.email
+    with unchanged(a):
+        answer = post_signed(client, b.hr, b.hr_secret, {"type": "recovery.attested", "data": data})
+        assert_error(answer, 404, "not_found")
+    _no_leak(answer, a)
+
+
+def test_b_integration_cannot_report_on_a_call(client: Any, world: World, unchanged: Any) -> None:
+    a, b = world.a, world.b
+    with unchanged(a):
+        answer = post_signed(client, b.integration, b.secret, {
+            "type": "verification.callback_result", "data": {"call_id": a.call_id, "status": "failed"}})
+        assert_error(answer, 404, "not_found")
+
+
+def test_b_ticket_naming_a_user_opens_nothing_at_a(app: Any, client: Any, world: World, unchanged: Any) -> None:
+    from app.extensions import db
+    from app.recovery.models import RecoveryCase
+
+    a, b = world.a, world.b
+    with unchanged(a):
+        answer = post_signed(client, b.integration, b.secret, {
+            "type": "recovery.requested", "data": {"user_email": a.user.email, "ticket_id": "T-X"}})
+    assert answer.status_code == 202  # the answer for any address B does not know (R24)
+    with app.app_context():
+        case = db.session.get(RecoveryCase, uuid.UUID(answer.get_json()["case_id"]))
+        assert case.tenant_id == b.tenant.id and case.user_id is None
+
+
+# --- the doors that carry no tenant credential ----------------------------------------------
+
+
+def test_provider_callback_without_twilio_signature_changes_nothing(client: Any, world: World,
+                                                                    unchanged: Any) -> None:
+    with unchanged(world.a):
+        answer = client.post("/v1/webhooks/twilio/status",
+                             data={"MessageSid": "SM1", "MessageStatus": "failed"})
+        assert_error(answer, 401, "invalid_signature")
+
+
+@pytest.mark.parametrize("purpose", ["report", "cancel"])
+def test_links_are_404_without_a_real_token(client: Any, world: World, unchanged: Any, purpose: str) -> None:
+    for token in (uuid.uuid4().hex + ".00", world.a.case_id, world.a.user_id, "x"):
+        with unchanged(world.a):
+            assert_error(client.post(f"/v1/recovery/{purpose}/{token}"), 404, "not_found")
+
+
+@pytest.mark.parametrize("url", ["/healthz", "/readyz", "/openapi.json"])
+def test_public_routes_name_no_tenant(client: Any, world: World, url: str) -> None:
+    answer = client.get(url, headers=world.b.senior.headers)
+    assert answer.status_code in (200, 503)
+    _no_leak(answer, world.a)
+
+
+@pytest.mark.parametrize("name", ["x.js", "../app/config.py", "..%2F..%2Fetc%2Fpasswd", "%00"])
+def test_static_serves_nothing(client: Any, name: str) -> None:
+    assert_error(client.get(f"/static/{name}"), 404)
+
+
+# --- the probes are not vacuous: A's own agents reach every object ----------------------------
+
+
+def test_a_agents_reach_every_probed_object(client: Any, world: World) -> None:
+    """Run last (it changes A): the same requests with A's senior admin find every object."""
+    a, b = world.a, world.b
+    for probe in agent_probes(a, b):
+        if f"/v1/admin/cases/{b.case_id}" in probe.url:
+            continue  # B's case is B's; A's agent rightly gets 404 there
+        answer = _send(client, probe, a.senior.headers)
+        assert answer.status_code != 404, (probe.name, answer.get_json())
