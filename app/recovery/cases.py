@@ -46,8 +46,12 @@ ALLOWED_FROM: dict[str, tuple[str, ...]] = {
                      m.ESCALATED, m.REFUSED, m.EXPIRED, m.CLOSED),
     "send_follow_up": (m.RECOVERED, m.CLOSED),
     "close": (m.RECOVERED,),
+    # Runbook step 4: the user's own enrolment closes the loop (app/recovery/closing.py).
+    "record_enrolment": (m.VERIFIED, m.AWAITING_ENROLMENT),
 }
 SENIOR_ONLY = {"resume", "reopen", "approve"}
+# Transitions Rekey makes itself (a task, the user's enrolment); never offered to an agent.
+NOT_AGENT_ACTIONS = ("screen", "expire", "record_enrolment")
 
 
 class StateConflict(Conflict):
@@ -63,7 +67,7 @@ def allowed_actions(case: RecoveryCase, actor: Actor) -> list[str]:
     if case.state == m.ESCALATED and not actor.is_senior_admin:
         return []
     return sorted(a for a, states in ALLOWED_FROM.items()
-                  if case.state in states and a not in ("screen", "expire")
+                  if case.state in states and a not in NOT_AGENT_ACTIONS
                   and (a not in SENIOR_ONLY or actor.is_senior_admin))
 
 

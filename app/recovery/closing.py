@@ -21,7 +21,7 @@ from app.intake.models import Integration
 from app.intake.outbox import claim_effect, enqueue
 from app.recovery import models as m
 from app.recovery.actions import _cancel_pending, _case_user
-from app.recovery.cases import load_case, move, require
+from app.recovery.cases import ALLOWED_FROM, load_case, move, require
 from app.recovery.evidence import accepted_types
 from app.recovery.models import CaseAction, RecoveryCase, VerificationCall
 from app.recovery.notify import announce, channels_before, redeem_link
@@ -103,7 +103,7 @@ def run_due_scheduled(limit: int = 100) -> int:
 def case_awaiting_enrolment(user: User) -> RecoveryCase | None:
     """The user's verified case that an enrolment now would complete (locked), if any."""
     return db.session.scalars(select(RecoveryCase).where(
-        RecoveryCase.user_id == user.id, RecoveryCase.state.in_((m.VERIFIED, m.AWAITING_ENROLMENT))
+        RecoveryCase.user_id == user.id, RecoveryCase.state.in_(ALLOWED_FROM["record_enrolment"])
     ).with_for_update()).first()
 
 
