@@ -87,6 +87,7 @@ class World:
     # Let every queued task finish (to check that something did NOT happen).
     quiesce: Callable[[], None]
     handed_out: list[str] = field(default_factory=list)  # every secret the test saw
+    fakes: list[Any] = field(default_factory=list)  # the vendor servers the test's cases talk to
 
     @property
     def app(self) -> Any:
@@ -221,6 +222,8 @@ def open_case(world: World, c: Cast, *, kind: str = "standard", fake: Any = None
               secret: str | None = None, expect: str = "awaiting_verification") -> str:
     """The ticketing system opens a case; the screen task runs."""
     found, signing = integration(world, c.tenant, kind, fake=fake, secret=secret)
+    if fake is not None:
+        world.fakes.append(fake)
     body, headers = request_body(kind, signing, c.user.email)
     r = world.client.post(f"/v1/webhooks/{found.id}", data=body, headers=headers)
     assert r.status_code == 202, r.json
@@ -380,6 +383,7 @@ def assert_no_secrets(world: World, *, fakes: tuple[Any, ...] = (), logs: str = 
 
     secrets = [s for s in (*world.handed_out, *extra) if s]
     assert secrets, "the test handed out no secret to look for"
+    fakes = (*fakes, *(f for f in world.fakes if f not in fakes))
     with world.app.app_context():
         audit_text = "\n".join(json.dumps({c.name: getattr(r, c.name) for c in AuditEvent.__table__.columns},
                                           default=str)

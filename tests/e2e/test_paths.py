@@ -43,6 +43,14 @@ def receiver() -> Iterator[CallbackReceiver]:
         yield fake
 
 
+@pytest.fixture(autouse=True)
+def _no_secret_left_outside_the_dev_channel(world, worker):
+    """After each path: no code or password it handed out is in the audit, the outbox, a dead
+    letter, a fake vendor's received bodies or the worker's log."""
+    yield
+    assert_no_secrets(world, logs=worker.log())
+
+
 def test_backup_codes_remain_no_reset_and_one_zendesk_comment(world, zendesk):
     path_backup_codes(world, kind="zendesk", fake=zendesk)
 

@@ -59,10 +59,16 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
-def world(client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch) -> World:
+def world(client: Any, factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any) -> Iterator[World]:
+    """The test's world; afterwards, no code, password or verification code the test handed out
+    may be found outside the development channel's file (audit, outbox, dead letters, fakes, logs)."""
     # The fakes listen on 127.0.0.1, which the SSRF guard refuses unless allow-listed.
     monkeypatch.setenv("REKEY_OUTBOUND_ALLOWLIST", "127.0.0.1")
-    return in_process(client, factory)
+    caplog.set_level(logging.DEBUG)
+    world = in_process(client, factory)
+    yield world
+    if world.handed_out:
+        assert_no_secrets(world, logs=caplog.text)
 
 
 @pytest.fixture
