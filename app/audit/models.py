@@ -62,6 +62,7 @@ class AuditAction(StrEnum):
     RECOVERY_TICKET_COMMENTED = "recovery.ticket_commented"
     RECOVERY_CLOSED = "recovery.closed"
     RECOVERY_REPORTED_NOT_ME = "recovery.reported_not_me"
+    RECOVERY_RESET_CANCELLED = "recovery.reset_cancelled"
     USER_REACTIVATED = "user.reactivated"
     TASK_DEAD_LETTERED = "task.dead_lettered"
 

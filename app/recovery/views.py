@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import g
+
 from app.errors import NotFound
 from app.recovery import actions, cases, closing, evidence
 from app.recovery.presenter import describe_case, list_cases
@@ -134,7 +136,7 @@ links = Blueprint("recovery_links", __name__, url_prefix="/v1/recovery",
 @links.response(202, LinkOut)
 def report(token: str) -> Any:
     """"This wasn't me": suspends the account, revokes sessions and escalates the case."""
-    closing.report_not_me(token, client_ip())
+    closing.report_not_me(token, client_ip(), g.request_id)
     return {"status": "reported"}
 
 
@@ -143,5 +145,5 @@ def report(token: str) -> Any:
 @links.response(202, LinkOut)
 def cancel(token: str) -> Any:
     """Cancel a scheduled reset; the case becomes a suspected attack."""
-    closing.cancel_scheduled_reset(token, client_ip())
+    closing.cancel_scheduled_reset(token, client_ip(), g.request_id)
     return {"status": "cancelled"}
