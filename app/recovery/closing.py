@@ -21,7 +21,7 @@ from app.intake.models import Integration
 from app.intake.outbox import claim_effect, enqueue
 from app.recovery import models as m
 from app.recovery.actions import _cancel_pending, _case_user
-from app.recovery.cases import ALLOWED_FROM, load_case, move, require
+from app.recovery.cases import ALLOWED_FROM, StateConflict, load_case, move, require
 from app.recovery.evidence import accepted_types
 from app.recovery.models import CaseAction, RecoveryCase, VerificationCall
 from app.recovery.notify import announce, channels_before, redeem_link
@@ -53,10 +53,24 @@ def _suspend(actor: Actor, case: RecoveryCase, user: User, reason: str, how: str
     announce(case, "user.suspended")
 
 
+def _other_open_case(case: RecoveryCase) -> RecoveryCase | None:
+    """The user's open case (locked) when `case` itself has ended, if there is one."""
+    if case.state in m.OPEN_STATES or case.user_id is None:
+        return None
+    return db.session.scalars(select(RecoveryCase).where(
+        RecoveryCase.user_id == case.user_id, RecoveryCase.state.in_(m.OPEN_STATES)).with_for_update()).first()
+
+
 def suspend_user(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> RecoveryCase:
     """The runbook's "it was a social-engineering attack": suspend and treat as an incident."""
     case = load_case(actor, case_id, lock=True)
     require(case, "suspend_user", actor)
+    other = _other_open_case(case)
+    if other is not None:
+        # An ended case cannot come back as a second open case of the user (one open case per
+        # user): the suspicion belongs on the open one.
+        raise StateConflict("The user has another open case; suspend from that one.",
+                            details={"state": case.state, "open_case_id": str(other.id)})
     _suspend(actor, case, _case_user(case), reason, "agent")
     return case
 
@@ -71,6 +85,9 @@ def report_not_me(token: str, ip: str | None, request_id: str | None = None) -> 
     actor = Actor(type="user_report", id=str(user.id), tenant_id=case.tenant_id, ip=ip, request_id=request_id)
     record_event(actor, AuditAction.RECOVERY_REPORTED_NOT_ME, tenant_id=case.tenant_id, target_user_id=user.id,
                  case_id=case.id, details={"link_id": str(link.id)})
+    # A notice's link may come from a case that has since ended while another is open: the
+    # suspicion then falls on the open case (a user has one open case at most).
+    case = _other_open_case(case) or case
     if case.state != m.SUSPECTED_ATTACK:
         _suspend(actor, case, user, "The user reported the recovery was not them.", "report_link")
 
@@ -86,6 +103,7 @@ def cancel_scheduled_reset(token: str, ip: str | None, request_id: str | None = 
     actor = Actor(type="user_report", id=str(user.id), tenant_id=case.tenant_id, ip=ip, request_id=request_id)
     record_event(actor, AuditAction.RECOVERY_RESET_CANCELLED, tenant_id=case.tenant_id, target_user_id=user.id,
                  case_id=case.id, details={"link_id": str(link.id)})
+    case = _other_open_case(case) or case
     if case.state != m.SUSPECTED_ATTACK:
         _suspend(actor, case, user, "The user cancelled a scheduled reset from the notice.", "cancel_link")
 
