@@ -76,6 +76,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "relay-outbox": {"task": "rekey.outbox.relay", "schedule": 10.0},
             "expire-cases": {"task": "rekey.recovery.expire_cases", "schedule": 60.0},
             "run-scheduled-resets": {"task": "rekey.recovery.run_scheduled", "schedule": 60.0},
+            "requeue-stalled": {"task": "rekey.recovery.requeue_stalled", "schedule": 300.0},
             "purge-deliveries": {"task": "rekey.intake.purge_deliveries", "schedule": 3600.0},
         },
         "timezone": "UTC",

@@ -79,3 +79,9 @@ def post_ticket_comment(case_id: str) -> str | None:
 def run_scheduled() -> int:
     """Beat: queue resets whose cooldown has passed."""
     return closing.run_due_scheduled()
+
+
+@shared_task(name="rekey.recovery.requeue_stalled")
+def requeue_stalled() -> int:
+    """Beat: queue again actions, screens, codes and secret deliveries whose task vanished."""
+    return closing.requeue_stalled()

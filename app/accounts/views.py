@@ -22,7 +22,7 @@ from app.accounts.schemas import (
 )
 from app.accounts.services import active_factors, add_note, backup_codes_remaining, describe_user, get_user
 from app.accounts.signin import sign_in
-from app.errors import Forbidden, Unauthenticated
+from app.errors import Forbidden, NotFound, Unauthenticated
 from app.extensions import db
 from app.tenants.models import Tenant
 from app.tenants.services import get_tenant_by_slug
@@ -48,7 +48,7 @@ def _tenant_from_header() -> Tenant:
     slug = request.headers.get(TENANT_HEADER, "")
     try:
         return get_tenant_by_slug(slug)
-    except Exception as exc:
+    except NotFound as exc:  # a database outage stays a 503, not a wrong-password 401
         raise Unauthenticated("The email, password or code is not correct.",
                               code="invalid_credentials") from exc
 

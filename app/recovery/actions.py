@@ -28,7 +28,7 @@ from app.errors import Conflict, Forbidden, RuleRefused
 from app.extensions import db, utcnow
 from app.intake.outbox import claim_effect, enqueue
 from app.recovery import models as m
-from app.recovery.cases import load_case, move, require
+from app.recovery.cases import ensure_reason, load_case, move, require
 from app.recovery.evidence import accepted_types, evidence_sufficient
 from app.recovery.models import CaseAction, Evidence, RecoveryCase, VerificationCall
 from app.recovery.notify import announce, create_link
@@ -143,6 +143,7 @@ def _schedule_or_queue(actor: Actor, case: RecoveryCase, row: CaseAction) -> Non
 def request_force_mfa_reset(actor: Actor, case_id: uuid.UUID | str, *, reason: str,
                             backup_codes_unusable: str | None = None) -> CaseAction:
     """Decide a force MFA reset (runbook step 3); a task carries it out."""
+    reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
     require(case, "force_mfa_reset", actor)
     user = _case_user(case)
@@ -170,6 +171,7 @@ def request_force_mfa_reset(actor: Actor, case_id: uuid.UUID | str, *, reason: s
 
 def approve(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> CaseAction:
     """The second person: a senior admin who is not the requester approves the pending reset."""
+    reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
     require(case, "approve", actor)
     waiting = [a for a in _pending(case) if a.status == "awaiting_approval"]
@@ -208,6 +210,7 @@ def request_secret_delivery(actor: Actor, case_id: uuid.UUID | str, action: str,
     Returns (queued action, None) for delivery by phone, or (None, codes) when the verified
     channel is the agent's own video call: codes only, shown once in this response.
     """
+    reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
     require(case, action, actor)
     user = _case_user(case)

@@ -262,6 +262,7 @@ def _escalate(actor: Actor, case: RecoveryCase, flags: list[str], reason: str, *
 
 def refuse_case(actor: Actor, case_id: uuid.UUID | str, *, trigger: str, reason: str) -> RecoveryCase:
     """Refuse the case with one of the runbook's triggers."""
+    reason = ensure_reason(reason)
     if trigger not in REFUSAL_TRIGGERS:
         raise ValidationFailed("Unknown refusal trigger.", details={"allowed": list(REFUSAL_TRIGGERS)})
     case = load_case(actor, case_id, lock=True)
@@ -272,6 +273,7 @@ def refuse_case(actor: Actor, case_id: uuid.UUID | str, *, trigger: str, reason:
 
 def escalate_case(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> RecoveryCase:
     """Hand the case to a senior admin (an agent's gut says no, or a signal appeared)."""
+    reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
     require(case, "escalate", actor)
     _escalate(actor, case, ["agent_escalation"], reason)
@@ -280,6 +282,7 @@ def escalate_case(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> Rec
 
 def resume_case(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> RecoveryCase:
     """A senior admin lets an escalated case continue where it was."""
+    reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
     require(case, "resume", actor)
     target = case.state_before_escalation
@@ -297,6 +300,7 @@ def resume_case(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> Recov
 
 def reopen_case(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> RecoveryCase:
     """A senior admin reopens a refused or expired case; verification starts again."""
+    reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
     require(case, "reopen", actor)
     if case.user_id is None:

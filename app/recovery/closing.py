@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -21,7 +22,7 @@ from app.intake.models import Integration
 from app.intake.outbox import claim_effect, enqueue
 from app.recovery import models as m
 from app.recovery.actions import _cancel_pending, _case_user
-from app.recovery.cases import ALLOWED_FROM, StateConflict, load_case, move, require
+from app.recovery.cases import ALLOWED_FROM, StateConflict, ensure_reason, load_case, move, require
 from app.recovery.evidence import accepted_types
 from app.recovery.models import CaseAction, RecoveryCase, VerificationCall
 from app.recovery.notify import announce, channels_before, redeem_link
@@ -63,6 +64,7 @@ def _other_open_case(case: RecoveryCase) -> RecoveryCase | None:
 
 def suspend_user(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> RecoveryCase:
     """The runbook's "it was a social-engineering attack": suspend and treat as an incident."""
+    reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
     require(case, "suspend_user", actor)
     other = _other_open_case(case)
@@ -119,6 +121,37 @@ def run_due_scheduled(limit: int = 100) -> int:
         row.status = "queued"
         enqueue("rekey.recovery.execute_action", action_id=str(row.id))
     return len(rows)
+
+
+STALLED_AFTER = timedelta(minutes=5)
+
+
+def requeue_stalled(limit: int = 200) -> int:
+    """Beat: queue again the work whose task vanished. A worker whose main process is killed
+    leaves its unacknowledged message invisible in Redis for the whole visibility timeout (an
+    hour); every task here is idempotent (state checks and effect keys), so a second copy is
+    harmless and the user does not wait an hour."""
+    cutoff = utcnow() - STALLED_AFTER
+    queued = 0
+    for row in db.session.scalars(select(CaseAction).where(
+            CaseAction.status == "queued", CaseAction.created_at < cutoff).limit(limit)).all():
+        enqueue("rekey.recovery.execute_action", action_id=str(row.id))
+        queued += 1
+    for row in db.session.scalars(select(CaseAction).where(
+            CaseAction.status == "done", CaseAction.done_at < cutoff).limit(limit)).all():
+        if row.options.get("sealed"):
+            enqueue("rekey.recovery.deliver_secret", action_id=str(row.id))
+            queued += 1
+    for case_id in db.session.scalars(select(RecoveryCase.id).where(
+            RecoveryCase.state == m.RECEIVED, RecoveryCase.opened_at < cutoff).limit(limit)).all():
+        enqueue("rekey.recovery.screen_case", case_id=str(case_id))
+        queued += 1
+    for call_id in db.session.scalars(select(VerificationCall.id).where(
+            VerificationCall.status == "pending", VerificationCall.created_at < utcnow() - timedelta(minutes=1),
+            VerificationCall.expires_at > utcnow()).limit(limit)).all():
+        enqueue("rekey.recovery.send_verification_code", call_id=str(call_id))
+        queued += 1
+    return queued
 
 
 def case_awaiting_enrolment(user: User) -> RecoveryCase | None:
@@ -216,6 +249,7 @@ def post_ticket_comment(case_id: uuid.UUID) -> str | None:
 
 def request_follow_up(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> RecoveryCase:
     """Queue the follow-up (sent at most once per case, whoever asks)."""
+    reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
     require(case, "send_follow_up", actor)
     enqueue("rekey.recovery.follow_up", case_id=str(case.id))
@@ -224,6 +258,7 @@ def request_follow_up(actor: Actor, case_id: uuid.UUID | str, *, reason: str) ->
 
 def close_case(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> RecoveryCase:
     """Close a recovered case by hand."""
+    reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
     require(case, "close", actor)
     move(case, m.CLOSED)

@@ -23,7 +23,7 @@ from app.errors import NotFound, RuleRefused
 from app.extensions import db, utcnow
 from app.intake.outbox import enqueue
 from app.recovery import models as m
-from app.recovery.cases import load_case, move, require
+from app.recovery.cases import ensure_reason, load_case, move, require
 from app.recovery.models import Evidence, RecoveryCase, VerificationCall
 from app.tenants.models import Agent, Tenant
 
@@ -110,6 +110,7 @@ def _check_federated(case: RecoveryCase, user: User, details: dict[str, Any]) ->
 def record_evidence(actor: Actor, case_id: uuid.UUID | str, *, type_: str, details: dict[str, Any],
                     reason: str) -> Evidence:
     """Record evidence an agent collected; refuse the unacceptable with the runbook's reason."""
+    reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
     require(case, "record_evidence", actor)
     user = db.session.get(User, case.user_id) if case.user_id else None
@@ -146,12 +147,13 @@ def accept_evidence(actor: Actor, case: RecoveryCase, type_: str, details: dict[
 
 
 def accepted_types(case: RecoveryCase) -> list[str]:
-    """The acceptable evidence types that count now: after a suspected attack only what was
-    recorded since the suspension (what came before is what the suspect passed)."""
+    """The acceptable evidence types that count now: after a suspected attack, or a senior
+    admin's reopening, only what was recorded since (what came before was judged not enough, or
+    is what the suspect passed)."""
     stmt = select(Evidence.type).where(Evidence.case_id == case.id, Evidence.accepted.is_(True))
     suspended_at = db.session.scalar(select(func.max(AuditEvent.occurred_at)).where(
         AuditEvent.tenant_id == case.tenant_id, AuditEvent.case_id == case.id,
-        AuditEvent.action == AuditAction.USER_SUSPENDED))
+        AuditEvent.action.in_((AuditAction.USER_SUSPENDED, AuditAction.RECOVERY_REOPENED))))
     if suspended_at is not None:
         stmt = stmt.where(Evidence.recorded_at > suspended_at)
     return sorted(set(db.session.scalars(stmt).all()))

@@ -59,3 +59,40 @@ def test_force_reset_then_enrolment_recovers_and_closes(client, factory):
     outbox = factory.app.extensions["rekey.settings"].dev_outbox
     notices = [m for m in read_messages(outbox) if case_id in m["idempotency_key"] and "notice" in m["idempotency_key"]]
     assert {m["to"] for m in notices} == {user.email, PHONE}
+
+
+def test_a_vanished_reset_task_is_queued_again_by_the_sweep(client, factory):
+    """A worker's main process killed mid-task leaves its message invisible for the visibility
+    timeout; the beat sweep queues the stalled action again, and it runs once."""
+    from datetime import timedelta
+
+    from sqlalchemy import func, select, update
+
+    from app.audit.models import AuditEvent
+    from app.extensions import db, utcnow
+    from app.intake.models import OutboxMessage
+    from app.recovery.closing import requeue_stalled
+    from app.recovery.models import CaseAction
+
+    tenant = factory.tenant()
+    user = factory.settled_user(tenant)
+    agent = factory.agent(tenant)
+    case_id = _verified_case(client, factory, tenant, user, agent)
+    r = client.post(f"/v1/admin/cases/{case_id}/actions/force_mfa_reset",
+                    json={"reason": "Lost device; verified by callback"}, headers=agent.headers)
+    assert r.json["action"]["status"] == "queued"
+    with factory.app.app_context():
+        # The message is lost: nothing runs it; and it has waited longer than the sweep's patience.
+        factory._drained.update(db.session.scalars(select(OutboxMessage.id)).all())
+        db.session.execute(update(CaseAction).where(CaseAction.id == r.json["action"]["id"])
+                           .values(created_at=utcnow() - timedelta(minutes=10)))
+        db.session.commit()
+        assert requeue_stalled() >= 1
+        db.session.commit()
+    factory.drain_tasks()
+    assert client.get(f"/v1/admin/cases/{case_id}", headers=agent.headers).json["state"] == "awaiting_enrolment"
+    with factory.app.app_context():
+        resets = db.session.scalar(select(func.count()).select_from(AuditEvent).where(
+            AuditEvent.tenant_id == tenant.id, AuditEvent.action == "mfa.factor_admin_reset"))
+        db.session.rollback()
+    assert resets == 1
