@@ -15,7 +15,6 @@ import sys
 import time
 from collections import Counter
 from dataclasses import replace
-from typing import Any
 
 import pytest
 from sqlalchemy import select
