@@ -139,8 +139,9 @@ def _from_http_exception(exc: HTTPException) -> Response:
     code = _HTTP_CODES.get(status, "http_error")
     message = exc.description or exc.name
     response = error_response(status, code, message)
-    if status == 405 and getattr(exc, "valid_methods", None):
-        response.headers["Allow"] = ", ".join(exc.valid_methods or [])
+    allowed = getattr(exc, "valid_methods", None)
+    if status == 405 and allowed:
+        response.headers["Allow"] = ", ".join(allowed)
     return response
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any, cast
 
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator
+from sqlalchemy import JSON, CursorResult, DateTime, MetaData, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase
 
@@ -58,4 +59,11 @@ def new_id() -> uuid.UUID:
 
 
 db = SQLAlchemy(model_class=Base)
+
+
+def rows_changed(stmt: Any) -> int:
+    """Run an UPDATE or DELETE in the current session; how many rows it changed (the answer a
+    compare-and-set or an atomic single-use claim is decided by)."""
+    result = db.session.execute(stmt.execution_options(synchronize_session=False))
+    return cast(CursorResult[Any], result).rowcount or 0
 api = Api()

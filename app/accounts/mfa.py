@@ -18,7 +18,7 @@ from app.audit.models import AuditAction
 from app.audit.services import record_event
 from app.crypto import decrypt, encrypt, hash_code, hash_password, verify_code, verify_password
 from app.errors import Conflict, RuleRefused
-from app.extensions import db, utcnow
+from app.extensions import db, rows_changed, utcnow
 
 TOTP_PERIOD = 30
 # One step either side for clock drift (NIST 800-63B §3.1.5.2); a code is still accepted once.
@@ -72,12 +72,12 @@ def consume_totp(factor: MfaFactor, code: str) -> bool:
     step = _matching_step(decrypt(factor.secret_encrypted), code)
     if step is None:
         return False
-    claimed = db.session.execute(
+    claimed = rows_changed(
         update(MfaFactor)
         .where(MfaFactor.id == factor.id, MfaFactor.last_used_step < step)
         .values(last_used_step=step)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    )
     if claimed == 1:
         factor.last_used_step = step
     return claimed == 1
@@ -182,13 +182,13 @@ def consume_backup_code(user: User, raw: str) -> bool:
     ).all()
     for candidate in candidates:
         if verify_code(candidate.hash, code):
-            claimed = db.session.execute(
+            claimed = rows_changed(
                 update(BackupCode)
                 .where(BackupCode.id == candidate.id, BackupCode.used_at.is_(None),
                        BackupCode.revoked_at.is_(None))
                 .values(used_at=utcnow())
                 .execution_options(synchronize_session=False)
-            ).rowcount
+            )
             return claimed == 1
     return False
 

@@ -29,7 +29,7 @@ from app.audit.models import AuditAction
 from app.audit.services import record_event
 from app.crypto import hash_password, new_token, token_digest
 from app.errors import Forbidden, NotFound, RuleRefused, Unauthenticated, ValidationFailed
-from app.extensions import db, utcnow
+from app.extensions import db, rows_changed, utcnow
 from app.tenants.models import Tenant
 
 _EMAIL = re.compile(
@@ -197,7 +197,7 @@ def revoke_sessions(user_id: uuid.UUID, *, except_id: uuid.UUID | None = None) -
     stmt = update(UserSession).where(UserSession.user_id == user_id, UserSession.revoked_at.is_(None))
     if except_id is not None:
         stmt = stmt.where(UserSession.id != except_id)
-    return db.session.execute(stmt.values(revoked_at=utcnow())).rowcount or 0
+    return rows_changed(stmt.values(revoked_at=utcnow())) or 0
 
 
 # --- the admin's view ----------------------------------------------------------------------

@@ -82,6 +82,7 @@ def enrol_totp() -> Any:
     """Start a TOTP enrolment: the secret and otpauth URI, shown once to this session."""
     user = _user()
     tenant = db.session.get(Tenant, user.tenant_id)
+    assert tenant is not None  # users cannot outlive their tenant (foreign key)
     factor, secret, uri = mfa.start_totp_enrolment(current_actor(), user, issuer=f"Rekey ({tenant.name})")
     return {"factor_id": factor.id, "secret": secret, "otpauth_uri": uri}
 

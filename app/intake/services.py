@@ -32,7 +32,7 @@ from app.errors import (
     Unauthenticated,
     ValidationFailed,
 )
-from app.extensions import db, utcnow
+from app.extensions import db, rows_changed, utcnow
 from app.intake.models import Integration, WebhookDelivery
 from app.recovery.cases import RecoveryRequest, open_case
 from app.recovery.evidence import record_callback_result, record_hr_attestation
@@ -235,5 +235,5 @@ def _act(tenant: Tenant, integration: Integration, actor: Actor, event: base.Inb
 
 def purge_old_deliveries() -> int:
     """Forget deliveries past retention (far beyond any sender's retry window)."""
-    return db.session.execute(delete(WebhookDelivery).where(
-        WebhookDelivery.received_at < utcnow() - DELIVERY_RETENTION)).rowcount or 0
+    return rows_changed(delete(WebhookDelivery).where(
+        WebhookDelivery.received_at < utcnow() - DELIVERY_RETENTION)) or 0

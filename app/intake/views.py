@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 from flask import g, jsonify, request
 
@@ -46,7 +47,9 @@ def _answer(description: str) -> dict[str, Any]:
 def receive(integration_id: str) -> Any:
     """Receive one signed delivery; the signature is checked over the raw body first."""
     integration = get_integration(integration_id)
-    answer = receive_delivery(integration, request.headers, request.get_data(cache=False),
+    # Werkzeug's Headers is a case-insensitive mapping of str to str (its stubs say otherwise).
+    headers = cast(Mapping[str, str], request.headers)
+    answer = receive_delivery(integration, headers, request.get_data(cache=False),
                               request_id=g.request_id, ip=client_ip())
     response = jsonify(answer.body)
     response.status_code = answer.status_code

@@ -25,7 +25,7 @@ from app.audit.models import AuditAction, AuditEvent
 from app.audit.services import record_event
 from app.crypto import decrypt, encrypt, hash_password
 from app.errors import Conflict, Forbidden, RuleRefused
-from app.extensions import db, utcnow
+from app.extensions import db, rows_changed, utcnow
 from app.intake.outbox import claim_effect, enqueue
 from app.recovery import models as m
 from app.recovery.cases import ensure_reason, load_case, move, require
@@ -276,15 +276,15 @@ def reset_factors(user: User) -> dict[str, int]:
     """One atomic reset: factors, unused backup codes, sessions and remembered devices, in the
     caller's transaction. Nothing is deleted; each row records when it was invalidated."""
     now = utcnow()
-    factors = db.session.execute(update(MfaFactor).where(
+    factors = rows_changed(update(MfaFactor).where(
         MfaFactor.user_id == user.id, MfaFactor.status.in_(("active", "pending"))
-    ).values(status="removed", removed_at=now).execution_options(synchronize_session=False)).rowcount
-    codes = db.session.execute(update(BackupCode).where(
+    ).values(status="removed", removed_at=now).execution_options(synchronize_session=False))
+    codes = rows_changed(update(BackupCode).where(
         BackupCode.user_id == user.id, BackupCode.used_at.is_(None), BackupCode.revoked_at.is_(None)
-    ).values(revoked_at=now).execution_options(synchronize_session=False)).rowcount
-    devices = db.session.execute(update(RememberedDevice).where(
+    ).values(revoked_at=now).execution_options(synchronize_session=False))
+    devices = rows_changed(update(RememberedDevice).where(
         RememberedDevice.user_id == user.id, RememberedDevice.revoked_at.is_(None)
-    ).values(revoked_at=now).execution_options(synchronize_session=False)).rowcount
+    ).values(revoked_at=now).execution_options(synchronize_session=False))
     sessions = revoke_sessions(user.id)
     db.session.expire(user)
     return {"factors_removed": factors or 0, "backup_codes_revoked": codes or 0,

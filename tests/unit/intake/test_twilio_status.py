@@ -15,7 +15,6 @@ TOKEN = "twilio-test-auth-token-0123456789"
 @pytest.fixture
 def twilio_app(settings):
     from app import create_app
-
     from app.extensions import db
 
     application = create_app(replace(settings, twilio_auth_token=TOKEN, public_url="https://rekey.example"),
