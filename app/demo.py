@@ -491,7 +491,8 @@ class Story:
         self.heading(f"Audit trail for the case (GET /v1/admin/audit?case={self.case_id})")
         rows = self._export({"case": self.case_id})
         self._table(rows)
-        # The user's own acts (sign-in, enrolment, new backup codes) are on their record, not the case.
+        # The user's own acts (sign-in, new backup codes) are on their record, not the case; the
+        # enrolment that completed the recovery is on the case.
         on_user = [row for row in self._export({"user": c.user_id, "since": self.opened_at})
                    if row.get("case_id") is None]
         self.heading(f"On Alex's record since the case opened, not tied to the case "

@@ -30,8 +30,8 @@ STEPS = ("Provisioning (what `rekey tenant create`", "The ticket:", "-> 202 ",
          "Step 2 - Check backup codes", "Step 3 - Force MFA reset", "-> awaiting_enrolment",
          "Step 4 - The user signs in and enrols", "-> enrolment_required",
          "a new TOTP factor is enrolled", "Step 5 - Follow-up and close", "-> closed",
-         "Audit trail for the case", "mfa.factor_admin_reset", "recovery.closed",
-         "mfa.factor_enrolled")
+         "Audit trail for the case", "mfa.factor_admin_reset", "mfa.factor_enrolled",
+         "recovery.closed")
 
 
 def embedded_runner(start_runner) -> Runner:  # noqa: F811
