@@ -62,9 +62,13 @@ class CaseEscalated(Forbidden):
     code = "case_escalated"
 
 
+class CaseRefused(Forbidden):
+    code = "case_refused"
+
+
 def allowed_actions(case: RecoveryCase, actor: Actor) -> list[str]:
     """What this actor may do to the case now (shown on the case, and in 409s)."""
-    if case.state == m.ESCALATED and not actor.is_senior_admin:
+    if case.state in (m.ESCALATED, m.REFUSED, m.EXPIRED) and not actor.is_senior_admin:
         return []
     return sorted(a for a, states in ALLOWED_FROM.items()
                   if case.state in states and a not in NOT_AGENT_ACTIONS
@@ -87,6 +91,11 @@ def require(case: RecoveryCase, action: str, actor: Actor) -> None:
             details={"state": case.state, "allowed_from": list(ALLOWED_FROM[action]),
                      "allowed_actions": allowed_actions(case, actor)},
         )
+    if case.state in (m.REFUSED, m.EXPIRED) and actor.type == "agent" and not actor.is_senior_admin:
+        # A refusal is final for support: only a senior admin reopens the case or acts on it
+        # (a suspension would otherwise bring it back as an open case).
+        raise CaseRefused("The case was refused; only a senior admin may act on it.",
+                          details={"state": case.state})
 
 
 def _is_own_account(actor: Actor, case: RecoveryCase) -> bool:
