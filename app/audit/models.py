@@ -58,6 +58,7 @@ class AuditAction(StrEnum):
     RECOVERY_ACTION_CANCELLED = "recovery.action_cancelled"
     RECOVERY_RESET_SCHEDULED = "recovery.reset_scheduled"
     RECOVERY_RECOVERED = "recovery.recovered"
+    RECOVERY_FOLLOW_UP_REQUESTED = "recovery.follow_up_requested"
     RECOVERY_FOLLOW_UP_SENT = "recovery.follow_up_sent"
     RECOVERY_TICKET_COMMENTED = "recovery.ticket_commented"
     RECOVERY_CLOSED = "recovery.closed"

@@ -252,6 +252,9 @@ def request_follow_up(actor: Actor, case_id: uuid.UUID | str, *, reason: str) ->
     reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
     require(case, "send_follow_up", actor)
+    # The agent's request and reason are part of the record, even when the follow-up already went.
+    record_event(actor, AuditAction.RECOVERY_FOLLOW_UP_REQUESTED, tenant_id=case.tenant_id,
+                 target_user_id=case.user_id, case_id=case.id, reason=reason)
     enqueue("rekey.recovery.follow_up", case_id=str(case.id))
     return case
 
