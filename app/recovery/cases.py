@@ -256,6 +256,11 @@ def _refuse(actor: Actor, case: RecoveryCase, trigger: str, reason: str, *,
     record_event(actor, AuditAction.RECOVERY_REFUSED, tenant_id=case.tenant_id, target_user_id=case.user_id,
                  case_id=case.id, reason=reason,
                  details={"trigger": trigger, "from_state": previous, **(facts or {})})
+    from app.recovery.actions import _cancel_pending
+
+    # A refusal ends the round: a reset or secret decided in it must not run if a senior admin
+    # reopens the case and it is verified again (on other evidence, for another reason).
+    _cancel_pending(actor, case, "case refused")
 
 
 def _escalate(actor: Actor, case: RecoveryCase, flags: list[str], reason: str, *,
