@@ -96,7 +96,15 @@ def is_spent_totp(factor: MfaFactor, code: str) -> bool:
 
 def confirm_totp_enrolment(actor: Actor, user: User, code: str) -> MfaFactor:
     """Activate the pending factor with its first code; records `mfa.factor_enrolled`."""
-    pending = [f for f in user.factors if f.status == "pending"]
+    from app.recovery.closing import case_awaiting_enrolment, on_factor_enrolled
+
+    # Lock order: the recovery case first, as a reset does, then the factors; and the factors
+    # are read once the case is ours, so a reset that just ran is seen (the enrolment it removed
+    # stays removed). Taking the factor first deadlocked with a reset running at the same time.
+    case = case_awaiting_enrolment(user)
+    pending = list(db.session.scalars(select(MfaFactor).where(
+        MfaFactor.user_id == user.id, MfaFactor.status == "pending").order_by(MfaFactor.created_at)
+        .with_for_update().execution_options(populate_existing=True)).all())
     if not pending:
         raise Conflict("There is no enrolment to confirm; start one first.")
     factor = pending[-1]
@@ -108,10 +116,7 @@ def confirm_totp_enrolment(actor: Actor, user: User, code: str) -> MfaFactor:
         raise InvalidFactorCode("The code is not valid.")
     factor.status, factor.activated_at, factor.enrolled_ip = "active", utcnow(), actor.ip
     db.session.flush()
-    from app.recovery.closing import case_awaiting_enrolment, on_factor_enrolled
-
     # Runbook step 4 "closes the loop": the enrolment is recorded against the recovery case.
-    case = case_awaiting_enrolment(user)
     record_event(actor, AuditAction.FACTOR_ENROLLED, tenant_id=user.tenant_id, target_user_id=user.id,
                  case_id=case.id if case else None, details={"factor_id": str(factor.id), "kind": factor.kind})
     if case is not None:
