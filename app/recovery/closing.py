@@ -85,13 +85,14 @@ def report_not_me(token: str, ip: str | None, request_id: str | None = None) -> 
     case = db.session.scalars(select(RecoveryCase).where(RecoveryCase.id == link.case_id).with_for_update()).one()
     user = _case_user(case)
     actor = Actor(type="user_report", id=str(user.id), tenant_id=case.tenant_id, ip=ip, request_id=request_id)
+    # A notice's link may come from a case that has since ended while another is open: the
+    # suspicion then falls on the open case (a user has one open case at most). It is locked
+    # before any audit write, so the tenant's chain head is always taken last.
+    target = _other_open_case(case) or case
     record_event(actor, AuditAction.RECOVERY_REPORTED_NOT_ME, tenant_id=case.tenant_id, target_user_id=user.id,
                  case_id=case.id, details={"link_id": str(link.id)})
-    # A notice's link may come from a case that has since ended while another is open: the
-    # suspicion then falls on the open case (a user has one open case at most).
-    case = _other_open_case(case) or case
-    if case.state != m.SUSPECTED_ATTACK:
-        _suspend(actor, case, user, "The user reported the recovery was not them.", "report_link")
+    if target.state != m.SUSPECTED_ATTACK:
+        _suspend(actor, target, user, "The user reported the recovery was not them.", "report_link")
 
 
 def cancel_scheduled_reset(token: str, ip: str | None, request_id: str | None = None) -> None:
@@ -103,11 +104,11 @@ def cancel_scheduled_reset(token: str, ip: str | None, request_id: str | None = 
     case = db.session.scalars(select(RecoveryCase).where(RecoveryCase.id == link.case_id).with_for_update()).one()
     user = _case_user(case)
     actor = Actor(type="user_report", id=str(user.id), tenant_id=case.tenant_id, ip=ip, request_id=request_id)
+    target = _other_open_case(case) or case
     record_event(actor, AuditAction.RECOVERY_RESET_CANCELLED, tenant_id=case.tenant_id, target_user_id=user.id,
                  case_id=case.id, details={"link_id": str(link.id)})
-    case = _other_open_case(case) or case
-    if case.state != m.SUSPECTED_ATTACK:
-        _suspend(actor, case, user, "The user cancelled a scheduled reset from the notice.", "cancel_link")
+    if target.state != m.SUSPECTED_ATTACK:
+        _suspend(actor, target, user, "The user cancelled a scheduled reset from the notice.", "cancel_link")
 
 
 def run_due_scheduled(limit: int = 100) -> int:
