@@ -249,12 +249,13 @@ def _acting_agent(row: CaseAction) -> Actor:
 def execute_action(action_id: uuid.UUID) -> CaseAction | None:
     """Carry out a queued action once. A second run, a redelivery after a crash or a concurrent
     copy finds the effect claimed (or the row no longer queued) and changes nothing."""
-    case_id = db.session.scalar(select(CaseAction.case_id).where(CaseAction.id == action_id))
-    if case_id is None:
-        return None
-    # Lock order: the case, then its actions, as every request that decides, refuses or
+    # Lock order: the action's case, then the action, as every request that decides, refuses or
     # suspends does; taking the action first deadlocked with a concurrent refusal.
-    case = db.session.scalars(select(RecoveryCase).where(RecoveryCase.id == case_id).with_for_update()).one()
+    case = db.session.scalars(select(RecoveryCase).select_from(CaseAction)
+                              .join(RecoveryCase, RecoveryCase.id == CaseAction.case_id)
+                              .where(CaseAction.id == action_id).with_for_update(of=RecoveryCase)).first()
+    if case is None:
+        return None
     row = db.session.get(CaseAction, action_id, with_for_update=True)
     if row is None or row.status != "queued" or not claim_effect(f"action:{action_id}"):
         return row
