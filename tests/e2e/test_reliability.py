@@ -158,9 +158,10 @@ def test_reset_delivered_three_times_concurrently_resets_once(world, worker, dat
         # The same message again (a redelivery) and a second publish (as the outbox sweep might).
         celery.send_task(EXECUTE, kwargs={"action_id": action_id}, task_id=task_id)
         celery.send_task(EXECUTE, kwargs={"action_id": action_id})
-        # The other pool child now runs a copy at the same time and waits for the action's row.
-        wait_for(lambda: lock_waiters(database_url, "%FROM case_actions%FOR UPDATE%"), 15,
-                 what="a concurrent copy waiting on the action row")
+        # The other pool child now runs a copy at the same time and waits on a lock the first
+        # copy holds (the case's row, whatever statement takes it): two sessions waiting.
+        wait_for(lambda: len(lock_waiters(database_url, "%")) >= 2, 15,
+                 what="a concurrent copy waiting on a lock the first copy holds")
     assert_reset_exactly_once(world, c, case_id)
     assert worker.log().count(f"Task {EXECUTE}[") >= 6  # three received, three succeeded
 
