@@ -77,9 +77,9 @@ def suspend_user(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> Reco
     return case
 
 
-def report_not_me(token: str, ip: str | None, request_id: str | None = None) -> None:
-    """The notice's "this wasn't me" link: works without signing in, once."""
-    link = redeem_link(token, "report")
+def _suspicion_from_link(token: str, purpose: str, audited: AuditAction, reason: str, how: str,
+                         ip: str | None, request_id: str | None) -> None:
+    link = redeem_link(token, purpose)
     if link is None:
         raise NotFound("This link is not valid (used, expired or never issued).")
     case = db.session.scalars(select(RecoveryCase).where(RecoveryCase.id == link.case_id).with_for_update()).one()
@@ -89,26 +89,23 @@ def report_not_me(token: str, ip: str | None, request_id: str | None = None) -> 
     # suspicion then falls on the open case (a user has one open case at most). It is locked
     # before any audit write, so the tenant's chain head is always taken last.
     target = _other_open_case(case) or case
-    record_event(actor, AuditAction.RECOVERY_REPORTED_NOT_ME, tenant_id=case.tenant_id, target_user_id=user.id,
-                 case_id=case.id, details={"link_id": str(link.id)})
+    record_event(actor, audited, tenant_id=case.tenant_id, target_user_id=user.id, case_id=case.id,
+                 details={"link_id": str(link.id)})
     if target.state != m.SUSPECTED_ATTACK:
-        _suspend(actor, target, user, "The user reported the recovery was not them.", "report_link")
+        _suspend(actor, target, user, reason, how)
+
+
+def report_not_me(token: str, ip: str | None, request_id: str | None = None) -> None:
+    """The notice's "this wasn't me" link: works without signing in, once."""
+    _suspicion_from_link(token, "report", AuditAction.RECOVERY_REPORTED_NOT_ME,
+                         "The user reported the recovery was not them.", "report_link", ip, request_id)
 
 
 def cancel_scheduled_reset(token: str, ip: str | None, request_id: str | None = None) -> None:
     """The cooldown notice's cancel link: stop the reset, and treat the case as an attack.
     The use of the link is recorded even when the case is already treated as an attack."""
-    link = redeem_link(token, "cancel")
-    if link is None:
-        raise NotFound("This link is not valid (used, expired or never issued).")
-    case = db.session.scalars(select(RecoveryCase).where(RecoveryCase.id == link.case_id).with_for_update()).one()
-    user = _case_user(case)
-    actor = Actor(type="user_report", id=str(user.id), tenant_id=case.tenant_id, ip=ip, request_id=request_id)
-    target = _other_open_case(case) or case
-    record_event(actor, AuditAction.RECOVERY_RESET_CANCELLED, tenant_id=case.tenant_id, target_user_id=user.id,
-                 case_id=case.id, details={"link_id": str(link.id)})
-    if target.state != m.SUSPECTED_ATTACK:
-        _suspend(actor, target, user, "The user cancelled a scheduled reset from the notice.", "cancel_link")
+    _suspicion_from_link(token, "cancel", AuditAction.RECOVERY_RESET_CANCELLED,
+                         "The user cancelled a scheduled reset from the notice.", "cancel_link", ip, request_id)
 
 
 def run_due_scheduled(limit: int = 100) -> int:
