@@ -356,3 +356,58 @@ def test_secret_texted_then_connection_lost_still_works_for_the_user(world, work
         world.handed_out.extend(codes)
         r = signin(world, c, backup_code=codes[0])
         assert r.status_code == 200 and r.json["status"] == "enrolment_required", (len(texts), r.json)
+
+
+@pytest.mark.parametrize("action, hold, waiting", [
+    # The task blocks inside its transaction on a row this test holds: the password row it
+    # rewrites, or (for codes) the user row its new code rows reference.
+    ("set_temporary_password", "SELECT 1 FROM password_identities WHERE user_id = %s FOR UPDATE",
+     "UPDATE password_identities%"),
+    ("generate_backup_codes", "SELECT 1 FROM users WHERE id = %s FOR UPDATE", "INSERT INTO backup_codes%"),
+])
+def test_pool_child_sigkilled_mid_secret_action_does_it_once(world, worker, database_url, settings, action,
+                                                              hold, waiting):
+    """The other destructive tasks, killed in the middle too: one audit event, one text, and the
+    secret in that text is the one that works."""
+    from tests.recovery_paths import TEMP_PASSWORD
+    from tests.recovery_steps import BACKUP_CODE, PHONE, messages
+
+    c = cast(world)
+    case_id = verified_case(world, c)
+    if action == "set_temporary_password":
+        act(world, case_id, "force_mfa_reset", c.agent, reason=RESET_REASON)
+        world.settle(lambda: state(world, case_id, c.agent) == "awaiting_enrolment", "the reset")
+    world.quiesce()
+    main_pid = worker.worker.pid
+    assert main_pid is not None
+    event = "user.password_set_by_admin" if action == "set_temporary_password" else "mfa.backup_codes_generated"
+    with psycopg.connect(_dsn(database_url)) as held:
+        assert held.execute(hold, (c.user.id,)).fetchall()
+        r = act(world, case_id, action, c.agent, reason="Secret over the verified phone, ticket #1234")
+        assert r.status_code == 200, r.json
+        action_id = r.json["action"]["id"]
+        [(_, port)] = wait_for(lambda: lock_waiters(database_url, waiting), 15,
+                               what="the task blocked inside its transaction")
+        children = pool_children(main_pid)
+        lost_before = worker.log().count("WorkerLostError")
+        os.kill(process_with_port(children, port), signal.SIGKILL)
+        wait_for(lambda: worker.log().count("WorkerLostError") > lost_before, 15,
+                 what="the parent noticing the lost child")
+        assert [e for e in audit(world, c.tenant, event) if e.case_id == uuid.UUID(case_id)] == []
+        held.rollback()
+    world.settle(lambda: [e for e in audit(world, c.tenant, event) if e.case_id == uuid.UUID(case_id)],
+                 "the action carried out after the redelivery")
+    world.quiesce()
+    assert len([e for e in audit(world, c.tenant, event) if e.case_id == uuid.UUID(case_id)]) == 1
+    texts = messages(world, f"action:{action_id}", to=PHONE)
+    assert len(texts) == 1
+    if action == "set_temporary_password":
+        secret = TEMP_PASSWORD.search(texts[0]["body"]).group(1)  # type: ignore[union-attr]
+        world.handed_out.append(secret)
+        r = signin(world, c, secret)
+        assert r.status_code == 200 and r.json["status"] == "password_change_required", r.json
+    else:
+        codes = BACKUP_CODE.findall(texts[0]["body"])
+        world.handed_out.extend(codes)
+        r = signin(world, c, backup_code=codes[0])
+        assert r.status_code == 200 and r.json["status"] == "enrolment_required", r.json
