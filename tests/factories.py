@@ -35,6 +35,9 @@ class Factory:
         self.app = app
         self.started_at = utcnow()
         self._drained: set[uuid.UUID] = set()
+        # Every credential this factory handed out (agent tokens, signing secrets), for the
+        # tests that check no secret leaks into audit rows, task arguments, tickets or logs.
+        self.secrets: list[str] = []
 
     def tenant(self, **settings: Any) -> Tenant:
         with self.app.app_context():
@@ -51,6 +54,7 @@ class Factory:
             db.session.commit()
             db.session.refresh(agent)
             db.session.expunge(agent)
+            self.secrets.append(token)
             return AgentLogin(agent, token)
 
     def user(self, tenant: Tenant, *, email: str | None = None, password: str | None = PASSWORD,
@@ -87,6 +91,7 @@ class RecoveryFactory(Factory):
             db.session.commit()
             db.session.refresh(integration)
             db.session.expunge(integration)
+            self.secrets.append(secret)
             return integration, secret
 
     def settled_user(self, tenant: Tenant, **kw: Any) -> User:

@@ -136,6 +136,7 @@ def enrol_old_factor(world: World, user: Any) -> str:
         assert factor is not None
         factor.created_at = factor.activated_at = LONG_AGO
         db.session.commit()
+    world.handed_out.append(secret)  # a TOTP seed must never leave the user's session either
     return secret
 
 
@@ -381,7 +382,7 @@ def assert_no_secrets(world: World, *, fakes: tuple[Any, ...] = (), logs: str = 
     from app.audit.models import AuditEvent
     from app.intake.models import DeadLetter, OutboxMessage
 
-    secrets = [s for s in (*world.handed_out, *extra) if s]
+    secrets = [s for s in (*world.handed_out, *extra, *getattr(world.factory, "secrets", [])) if s]
     assert secrets, "the test handed out no secret to look for"
     fakes = (*fakes, *(f for f in world.fakes if f not in fakes))
     with world.app.app_context():
