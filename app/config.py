@@ -108,9 +108,11 @@ class Settings:
         return found
 
     def flask_config(self) -> dict[str, object]:
-        engine_options: dict[str, object] = {"pool_pre_ping": True}
+        # hide_parameters: a database error's text (logged, kept in a dead letter) never carries
+        # the bound values: hashes, ciphertexts of pending secrets, users' emails.
+        engine_options: dict[str, object] = {"pool_pre_ping": True, "hide_parameters": True}
         if self.database_url.startswith("sqlite"):
-            engine_options = {"connect_args": {"timeout": 30}}
+            engine_options = {"connect_args": {"timeout": 30}, "hide_parameters": True}
         return {
             "SECRET_KEY": self.secret_key,
             "SQLALCHEMY_DATABASE_URI": self.database_url,
