@@ -54,9 +54,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     db.init_app(app)
     from flask_sqlalchemy.session import Session as FlaskSession
 
-    from app.intake import outbox
+    from app.jobs import services as jobs
 
-    outbox.install(FlaskSession)
+    jobs.install(FlaskSession)
     init_api(api, app)
     register_error_handlers(app)  # after Api, so our error shape wins over flask-smorest's
     install_request_lifecycle(app)
@@ -69,6 +69,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     for blueprint in (auth, admin_users, audit_blp, cases_blp, webhooks_blp, links_blp):
         api.register_blueprint(blueprint)
+    from app.accounts import hooks
+    from app.recovery.closing import EnrolmentPort
+
+    hooks.register(app, EnrolmentPort())
     _register_health(app)
 
     from tasks import celery_init_app

@@ -355,7 +355,7 @@ def dlq_list(show_all: bool, as_json: bool) -> None:
     from sqlalchemy import select
 
     from app.extensions import db as database
-    from app.intake.models import DeadLetter
+    from app.jobs.models import DeadLetter
 
     stmt = select(DeadLetter).order_by(DeadLetter.created_at.desc())
     if not show_all:
@@ -381,7 +381,7 @@ def dlq_retry(dead_letter_id: str, as_json: bool) -> None:
     """Queue a dead-lettered task again."""
     import uuid
 
-    from app.intake.outbox import retry_dead_letter
+    from app.jobs.services import retry_dead_letter
 
     try:
         key = uuid.UUID(dead_letter_id)

@@ -125,7 +125,7 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
 
         def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
             from app.extensions import db
-            from app.intake.outbox import record_dead_letter
+            from app.jobs.services import record_dead_letter
 
             with app.app_context():
                 try:

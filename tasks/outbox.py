@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from app.intake.outbox import relay_pending
+from app.jobs.services import relay_pending
 
 
 @shared_task(name="rekey.outbox.relay", acks_late=False, max_retries=0, autoretry_for=())

@@ -6,6 +6,7 @@ import uuid
 
 from celery import shared_task
 
+from app.intake import comments
 from app.intake.services import purge_old_deliveries
 from app.recovery import actions, cases, closing, evidence, notify
 
@@ -72,7 +73,7 @@ def follow_up(case_id: str) -> bool:
 @shared_task(name="rekey.recovery.post_ticket_comment")
 def post_ticket_comment(case_id: str) -> str | None:
     """Post the status comment to the originating ticket."""
-    return closing.post_ticket_comment(uuid.UUID(case_id))
+    return comments.post_ticket_comment(uuid.UUID(case_id))
 
 
 @shared_task(name="rekey.recovery.run_scheduled")

@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 
 from app.audit.models import AuditEvent
 from app.extensions import db
-from app.intake.models import OutboxMessage, WebhookDelivery
+from app.intake.models import WebhookDelivery
+from app.jobs.models import OutboxMessage
 from app.recovery.models import Evidence, RecoveryCase, VerificationCall
 from tests.signing import body_of, jira_headers, standard_headers, zendesk_headers
 

@@ -19,8 +19,9 @@ from tests.services import (
     redis_available,
 )
 
-# Redis databases of the test suite; a developer's own data in db 0 is never touched.
-BROKER_REDIS_DB = 11
+# The Redis database of the test suite's shared broker; a developer's own data in db 0 is never
+# touched. Two test sessions on one machine (two checkouts) each set their own.
+BROKER_REDIS_DB = int(os.environ.get("REKEY_TEST_REDIS_DB", "11"))
 TEST_KEY = "K0wDXEU4b1bSyh3yX2bfO9IrMbJbzxX9wUU6F4E_jps="
 
 

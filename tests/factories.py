@@ -126,7 +126,7 @@ class RecoveryFactory(Factory):
         run the real thing)."""
         from sqlalchemy import select
 
-        from app.intake.models import OutboxMessage
+        from app.jobs.models import OutboxMessage
 
         ran: list[str] = []
         celery = self.app.extensions["celery"]

@@ -380,7 +380,7 @@ def assert_no_secrets(world: World, *, fakes: tuple[Any, ...] = (), logs: str = 
     """The codes and passwords handed out live only in the development channel's file: never in
     an audit row, a task's arguments, a dead letter, a ticket or callback body, or a log."""
     from app.audit.models import AuditEvent
-    from app.intake.models import DeadLetter, OutboxMessage
+    from app.jobs.models import DeadLetter, OutboxMessage
 
     secrets = [s for s in (*world.handed_out, *extra, *getattr(world.factory, "secrets", [])) if s]
     assert secrets, "the test handed out no secret to look for"

@@ -11,6 +11,7 @@ from datetime import timedelta
 import pyotp
 from sqlalchemy import select, update
 
+from app.accounts.hooks import recovery
 from app.accounts.models import BackupCode, MfaFactor, PasswordIdentity, User, UserSession
 from app.accounts.services import check_new_password, revoke_sessions
 from app.actor import Actor
@@ -96,12 +97,10 @@ def is_spent_totp(factor: MfaFactor, code: str) -> bool:
 
 def confirm_totp_enrolment(actor: Actor, user: User, code: str) -> MfaFactor:
     """Activate the pending factor with its first code; records `mfa.factor_enrolled`."""
-    from app.recovery.closing import case_awaiting_enrolment, on_factor_enrolled
-
     # Lock order: the recovery case first, as a reset does, then the factors; and the factors
     # are read once the case is ours, so a reset that just ran is seen (the enrolment it removed
     # stays removed). Taking the factor first deadlocked with a reset running at the same time.
-    case = case_awaiting_enrolment(user)
+    case_id = recovery().lock_case_for_enrolment(user)
     pending = list(db.session.scalars(select(MfaFactor).where(
         MfaFactor.user_id == user.id, MfaFactor.status == "pending").order_by(MfaFactor.created_at)
         .with_for_update().execution_options(populate_existing=True)).all())
@@ -118,9 +117,9 @@ def confirm_totp_enrolment(actor: Actor, user: User, code: str) -> MfaFactor:
     db.session.flush()
     # Runbook step 4 "closes the loop": the enrolment is recorded against the recovery case.
     record_event(actor, AuditAction.FACTOR_ENROLLED, tenant_id=user.tenant_id, target_user_id=user.id,
-                 case_id=case.id if case else None, details={"factor_id": str(factor.id), "kind": factor.kind})
-    if case is not None:
-        on_factor_enrolled(case, user, actor)
+                 case_id=case_id, details={"factor_id": str(factor.id), "kind": factor.kind})
+    if case_id is not None:
+        recovery().factor_enrolled(case_id, user, actor)
     return factor
 
 

@@ -14,6 +14,7 @@ from datetime import timedelta
 from flask import current_app
 from sqlalchemy import func, select, text
 
+from app.accounts.hooks import recovery
 from app.accounts.mfa import consume_backup_code, consume_totp, is_spent_totp
 from app.accounts.models import SigninAttempt, User
 from app.accounts.services import (
@@ -198,7 +199,7 @@ def sign_in(tenant: Tenant, actor: Actor, *, email: str, password: str, otp: str
     elif not factors:
         # After a reset (or before a first enrolment) the password alone only opens enrolment.
         status = "enrolment_required"
-    elif backup_code and _in_recovery(user):
+    elif backup_code and recovery().in_recovery(user):
         # Runbook step 2: a backup-code sign-in during a recovery only opens re-enrolment.
         status = "enrolment_required"
     else:
@@ -210,9 +211,3 @@ def sign_in(tenant: Tenant, actor: Actor, *, email: str, password: str, otp: str
                  details={"method": method, "status": status, "session_scope": scope})
     return SigninResult(status=status, token=token, user=user)
 
-
-def _in_recovery(user: User) -> bool:
-    from app.recovery.models import OPEN_STATES, RecoveryCase
-
-    return db.session.scalars(select(RecoveryCase.id).where(
-        RecoveryCase.user_id == user.id, RecoveryCase.state.in_(OPEN_STATES))).first() is not None

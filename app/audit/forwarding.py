@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 
 from flask import current_app
 
+from app.audit.chain import event_as_dict
 from app.audit.models import AuditEvent
-from app.audit.services import event_as_dict
 from app.extensions import db
-from app.intake.outbox import claim_effect, enqueue
+from app.jobs.services import claim_effect, enqueue
 from integrations.http import OutboundPolicy, send
 from integrations.ticketing.outbound import signed_headers
 

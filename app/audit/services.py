@@ -7,18 +7,19 @@ any row changes every hash after it, and `verify_chain` names the first `seq` th
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 
 from app.actor import Actor
+from app.audit.chain import EXPORT_FIELDS, compute_hash, event_as_dict
+from app.audit.forwarding import schedule_forward
 from app.audit.models import GENESIS_HASH, AuditAction, AuditEvent, AuditHead
 from app.extensions import db, utcnow
 
@@ -37,35 +38,6 @@ def _check_no_secrets(details: Any) -> None:
     elif isinstance(details, list):
         for item in details:
             _check_no_secrets(item)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def canonical_payload(event: AuditEvent) -> dict[str, Any]:
-    """The fields the hash covers, in a form that reads back identically from any database."""
-    return {
-        "id": str(event.id),
-        "tenant_id": str(event.tenant_id),
-        "seq": event.seq,
-        "occurred_at": _iso(event.occurred_at),
-        "actor_type": event.actor_type,
-        "actor_id": event.actor_id,
-        "action": event.action,
-        "target_user_id": str(event.target_user_id) if event.target_user_id else None,
-        "case_id": str(event.case_id) if event.case_id else None,
-        "reason": event.reason,
-        "details": event.details or {},
-        "request_id": event.request_id,
-        "source_ip": event.source_ip,
-    }
-
-
-def compute_hash(prev_hash: str, event: AuditEvent) -> str:
-    body = json.dumps(canonical_payload(event), sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False).encode()
-    return hashlib.sha256(bytes.fromhex(prev_hash) + body).hexdigest()
 
 
 def _lock_head(tenant_id: uuid.UUID) -> AuditHead:
@@ -116,8 +88,6 @@ def record_event(
     head.seq, head.hash = event.seq, event.hash
     db.session.add(event)
     db.session.flush()
-    from app.audit.forwarding import schedule_forward
-
     schedule_forward(event)
     return event
 
@@ -157,18 +127,6 @@ def iter_events(flt: AuditFilter, *, batch: int = 500) -> Iterator[AuditEvent]:
         if len(rows) < batch:
             return
         last_seq = rows[-1].seq
-
-
-EXPORT_FIELDS = ["seq", "id", "occurred_at", "action", "actor_type", "actor_id",
-                 "target_user_id", "case_id", "reason", "details", "request_id", "source_ip",
-                 "prev_hash", "hash"]
-
-
-def event_as_dict(event: AuditEvent) -> dict[str, Any]:
-    payload = canonical_payload(event)
-    payload["prev_hash"] = event.prev_hash
-    payload["hash"] = event.hash
-    return {name: payload[name] for name in ["tenant_id", *EXPORT_FIELDS]}
 
 
 def _csv_cell(value: Any) -> str:

@@ -26,16 +26,16 @@ from app.audit.services import record_event
 from app.crypto import decrypt, encrypt, hash_password
 from app.errors import Conflict, Forbidden, RuleRefused
 from app.extensions import db, rows_changed, utcnow
-from app.intake.outbox import claim_effect, enqueue
+from app.jobs.services import claim_effect, enqueue
 from app.recovery import models as m
-from app.recovery.cases import ensure_reason, load_case, move, require
 from app.recovery.evidence import accepted_types, evidence_sufficient
 from app.recovery.models import CaseAction, Evidence, RecoveryCase, VerificationCall
 from app.recovery.notify import announce, create_link
+from app.recovery.pending import pending_actions
 from app.recovery.risk import unusual_activity
+from app.recovery.state import case_user, ensure_reason, load_case, move, refuse, require
 from app.tenants.models import Tenant
 
-PENDING = ("awaiting_approval", "scheduled", "queued")
 TEMP_PASSWORD_LENGTH = 20
 TEMP_PASSWORD_TTL = timedelta(hours=24)
 _TEMP_ALPHABET = string.ascii_letters + string.digits
@@ -62,13 +62,6 @@ class SamePerson(Forbidden):
     code = "same_person"
 
 
-def _case_user(case: RecoveryCase) -> User:
-    user = db.session.get(User, case.user_id) if case.user_id else None
-    if user is None:
-        raise Conflict("The case names no account.", details={"state": case.state})
-    return user
-
-
 def _gate(actor: Actor, case: RecoveryCase, user: User) -> None:
     """No destructive action without recorded acceptable evidence, and never past a fresh
     unusual-activity signal (the screen runs again at decision time)."""
@@ -79,28 +72,10 @@ def _gate(actor: Actor, case: RecoveryCase, user: User) -> None:
     assert tenant is not None
     unusual, failures = unusual_activity(tenant, user)
     if unusual:
-        from app.recovery.cases import _refuse
-
-        _refuse(actor, case, "unusual_activity", "Unusual sign-in activity found when acting on the case.",
+        refuse(actor, case, "unusual_activity", "Unusual sign-in activity found when acting on the case.",
                 facts={"failed_signins_from_unknown_ips": failures})
-        _cancel_pending(actor, case, "case refused")
         enqueue("rekey.recovery.notify_senior_admins", case_id=str(case.id))
         raise RefusedOnRescreen("Unusual recent sign-in activity: the case was refused and escalated.")
-
-
-def _pending(case: RecoveryCase, action: str | None = None) -> list[CaseAction]:
-    stmt = select(CaseAction).where(CaseAction.case_id == case.id, CaseAction.status.in_(PENDING))
-    if action:
-        stmt = stmt.where(CaseAction.action == action)
-    return list(db.session.scalars(stmt.with_for_update()).all())
-
-
-def _cancel_pending(actor: Actor, case: RecoveryCase, why: str) -> None:
-    for action in _pending(case):
-        action.status, action.done_at = "cancelled", utcnow()
-        record_event(actor, AuditAction.RECOVERY_ACTION_CANCELLED, tenant_id=case.tenant_id,
-                     target_user_id=case.user_id, case_id=case.id, reason=why,
-                     details={"action_id": str(action.id), "action": action.action})
 
 
 def _new_action(actor: Actor, case: RecoveryCase, action: str, reason: str, status: str,
@@ -146,7 +121,7 @@ def request_force_mfa_reset(actor: Actor, case_id: uuid.UUID | str, *, reason: s
     reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
     require(case, "force_mfa_reset", actor)
-    user = _case_user(case)
+    user = case_user(case)
     _gate(actor, case, user)
     remaining = backup_codes_remaining(user.id)
     if remaining and not (backup_codes_unusable and backup_codes_unusable.strip()):
@@ -154,7 +129,7 @@ def request_force_mfa_reset(actor: Actor, case_id: uuid.UUID | str, *, reason: s
         raise BackupCodesRemain(f"{remaining} backup codes remain: the user can sign in with one. To reset "
                                 "anyway, say why the codes cannot be used (backup_codes_unusable).",
                                 details={"remaining": remaining})
-    if _pending(case, "force_mfa_reset"):
+    if pending_actions(case, "force_mfa_reset"):
         raise Conflict("A reset is already pending on this case.", details={"state": case.state})
     options = {"backup_codes_unusable": backup_codes_unusable.strip()} if remaining and backup_codes_unusable else {}
     if user.privileged:
@@ -174,13 +149,13 @@ def approve(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> CaseActio
     reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
     require(case, "approve", actor)
-    waiting = [a for a in _pending(case) if a.status == "awaiting_approval"]
+    waiting = [a for a in pending_actions(case) if a.status == "awaiting_approval"]
     if not waiting:
         raise Conflict("Nothing on this case awaits approval.", details={"state": case.state})
     row = waiting[0]
     if row.requested_by == actor.id:
         raise SamePerson("The approver must be a different person from the requester.")
-    _gate(actor, case, _case_user(case))
+    _gate(actor, case, case_user(case))
     row.approved_by, row.approval_reason = actor.id, reason
     record_event(actor, AuditAction.RECOVERY_ACTION_APPROVED, tenant_id=case.tenant_id,
                  target_user_id=case.user_id, case_id=case.id, reason=reason,
@@ -213,7 +188,7 @@ def request_secret_delivery(actor: Actor, case_id: uuid.UUID | str, action: str,
     reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
     require(case, action, actor)
-    user = _case_user(case)
+    user = case_user(case)
     _gate(actor, case, user)
     if delivery == "video_call":
         if action != "generate_backup_codes" or not _agents_video_call(actor, case):
@@ -225,7 +200,7 @@ def request_secret_delivery(actor: Actor, case_id: uuid.UUID | str, action: str,
     if verified_phone_channel(case) is None:
         raise NoVerifiedChannel("No verified phone on this case: verify with a call to a known number "
                                 "first; secrets are never sent to an unverified channel or the ticket.")
-    if _pending(case, action):
+    if pending_actions(case, action):
         raise Conflict("This action is already pending on the case.", details={"state": case.state})
     row = _new_action(actor, case, action, reason, "queued", {"delivery": "verified_phone"})
     _queue(actor, case, row)
@@ -266,7 +241,7 @@ def execute_action(action_id: uuid.UUID) -> CaseAction | None:
                      target_user_id=case.user_id, case_id=case.id, reason=f"case is {case.state}",
                      details={"action_id": str(row.id), "action": row.action})
         return row
-    user = _case_user(case)
+    user = case_user(case)
     try:
         _gate(actor, case, user)
     except RefusedOnRescreen:

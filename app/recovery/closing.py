@@ -3,10 +3,8 @@ loop on enrolment, the follow-up of runbook step 5, the ticket comment, and clos
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import select, update
 
@@ -15,17 +13,15 @@ from app.accounts.services import revoke_sessions
 from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
-from app.crypto import decrypt
 from app.errors import NotFound
 from app.extensions import db, utcnow
-from app.intake.models import Integration
-from app.intake.outbox import claim_effect, enqueue
+from app.jobs.services import claim_effect, enqueue
 from app.recovery import models as m
-from app.recovery.actions import _cancel_pending, _case_user
-from app.recovery.cases import ALLOWED_FROM, StateConflict, ensure_reason, load_case, move, require
 from app.recovery.evidence import accepted_types
 from app.recovery.models import CaseAction, RecoveryCase, VerificationCall
 from app.recovery.notify import announce, channels_before, redeem_link
+from app.recovery.pending import cancel_pending
+from app.recovery.state import ALLOWED_FROM, StateConflict, case_user, ensure_reason, load_case, move, require
 
 
 def _suspend(actor: Actor, case: RecoveryCase, user: User, reason: str, how: str) -> None:
@@ -39,7 +35,7 @@ def _suspend(actor: Actor, case: RecoveryCase, user: User, reason: str, how: str
     db.session.execute(update(VerificationCall).where(
         VerificationCall.case_id == case.id, VerificationCall.status.in_(("pending", "sent"))
     ).values(status="expired", code_encrypted=None).execution_options(synchronize_session=False))
-    _cancel_pending(actor, case, "suspected attack")
+    cancel_pending(actor, case, "suspected attack")
     case.flags = sorted(set(case.flags) | {"suspected_attack"})
     case.closed_at = None
     move(case, m.SUSPECTED_ATTACK)
@@ -73,7 +69,7 @@ def suspend_user(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> Reco
         # user): the suspicion belongs on the open one.
         raise StateConflict("The user has another open case; suspend from that one.",
                             details={"state": case.state, "open_case_id": str(other.id)})
-    _suspend(actor, case, _case_user(case), reason, "agent")
+    _suspend(actor, case, case_user(case), reason, "agent")
     return case
 
 
@@ -83,7 +79,7 @@ def _suspicion_from_link(token: str, purpose: str, audited: AuditAction, reason:
     if link is None:
         raise NotFound("This link is not valid (used, expired or never issued).")
     case = db.session.scalars(select(RecoveryCase).where(RecoveryCase.id == link.case_id).with_for_update()).one()
-    user = _case_user(case)
+    user = case_user(case)
     actor = Actor(type="user_report", id=str(user.id), tenant_id=case.tenant_id, ip=ip, request_id=request_id)
     # A notice's link may come from a case that has since ended while another is open: the
     # suspicion then falls on the open case (a user has one open case at most). It is locked
@@ -152,26 +148,35 @@ def requeue_stalled(limit: int = 200) -> int:
     return queued
 
 
-def case_awaiting_enrolment(user: User) -> RecoveryCase | None:
-    """The user's verified case that an enrolment now would complete (locked), if any."""
-    return db.session.scalars(select(RecoveryCase).where(
-        RecoveryCase.user_id == user.id, RecoveryCase.state.in_(ALLOWED_FROM["record_enrolment"])
-    ).with_for_update()).first()
+class EnrolmentPort:
+    """The recovery side of `app.accounts.hooks.RecoveryPort`: an enrolment closes the loop."""
 
+    def lock_case_for_enrolment(self, user: User) -> uuid.UUID | None:
+        """The user's verified case that an enrolment now would complete (locked), if any."""
+        return db.session.scalars(select(RecoveryCase.id).where(
+            RecoveryCase.user_id == user.id, RecoveryCase.state.in_(ALLOWED_FROM["record_enrolment"])
+        ).with_for_update()).first()
 
-def on_factor_enrolled(case: RecoveryCase, user: User, actor: Actor) -> None:
-    """Close the loop: an enrolment during a verified case recovers it (runbook step 4)."""
-    known = set(db.session.scalars(select(SigninAttempt.ip).where(
-        SigninAttempt.user_id == user.id, SigninAttempt.result == "succeeded",
-        SigninAttempt.occurred_at < case.opened_at)).all())
-    if actor.ip not in known:
-        # Enrolment from an address never seen for this user: the agent should look again.
-        case.flags = sorted(set(case.flags) | {"enrolment_from_new_ip"})
-    move(case, m.RECOVERED)
-    record_event(actor, AuditAction.RECOVERY_RECOVERED, tenant_id=case.tenant_id, target_user_id=user.id,
-                 case_id=case.id, details={"new_ip": actor.ip not in known})
-    announce(case, "mfa.factor_enrolled")
-    enqueue("rekey.recovery.follow_up", case_id=str(case.id))
+    def factor_enrolled(self, case_id: uuid.UUID, user: User, actor: Actor) -> None:
+        """Close the loop: an enrolment during a verified case recovers it (runbook step 4)."""
+        case = db.session.get(RecoveryCase, case_id)
+        assert case is not None  # locked by lock_case_for_enrolment in this transaction
+        known = set(db.session.scalars(select(SigninAttempt.ip).where(
+            SigninAttempt.user_id == user.id, SigninAttempt.result == "succeeded",
+            SigninAttempt.occurred_at < case.opened_at)).all())
+        if actor.ip not in known:
+            # Enrolment from an address never seen for this user: the agent should look again.
+            case.flags = sorted(set(case.flags) | {"enrolment_from_new_ip"})
+        move(case, m.RECOVERED)
+        record_event(actor, AuditAction.RECOVERY_RECOVERED, tenant_id=case.tenant_id, target_user_id=user.id,
+                     case_id=case.id, details={"new_ip": actor.ip not in known})
+        announce(case, "mfa.factor_enrolled")
+        enqueue("rekey.recovery.follow_up", case_id=str(case.id))
+
+    def in_recovery(self, user: User) -> bool:
+        """Whether the user has an open case."""
+        return db.session.scalars(select(RecoveryCase.id).where(
+            RecoveryCase.user_id == user.id, RecoveryCase.state.in_(m.OPEN_STATES))).first() is not None
 
 
 FOLLOW_UP = ("Your account recovery is complete. At your request we verified your identity out of band"
@@ -203,46 +208,6 @@ def send_follow_up(case_id: uuid.UUID) -> bool:
         record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_CLOSED, tenant_id=case.tenant_id,
                      target_user_id=case.user_id, case_id=case.id, reason="Recovered; follow-up sent.")
     return True
-
-
-def _ticket_comment(case: RecoveryCase) -> str:
-    reset = db.session.scalars(select(CaseAction).where(
-        CaseAction.case_id == case.id, CaseAction.status == "done")).all()
-    done = ", ".join(sorted({a.action for a in reset})) or "none (the user recovered on their own)"
-    return (f"Rekey: the account recovery for this request is complete (case {case.id}). "
-            f"Identity verified out of band by: {', '.join(accepted_types(case)) or 'n/a'}. "
-            f"Admin actions: {done}. The user enrolled a new factor and was sent a follow-up. "
-            "No codes or passwords are ever shared in tickets; the audit log holds the details.")
-
-
-def post_ticket_comment(case_id: uuid.UUID) -> str | None:
-    """Post the status comment on the originating ticket, once (the vendor's API, signed where
-    it supports it). Transient failures raise for a retry; the effect is claimed first."""
-    from integrations.base import TicketRef
-    from integrations.registry import ticketing_client
-
-    case = db.session.get(RecoveryCase, case_id)
-    if case is None or case.integration_id is None or case.ticket_id is None:
-        return None
-    integration = db.session.get(Integration, case.integration_id)
-    if integration is None or not claim_effect(f"case:{case_id}:ticket_comment"):
-        return None
-    credentials: dict[str, Any] = (json.loads(decrypt(integration.outbound_encrypted))
-                                   if integration.outbound_encrypted else {})
-    if integration.kind == "standard":
-        credentials = {"secret": decrypt(integration.secret_encrypted), **credentials}
-        base_url = integration.callback_url or ""
-    else:
-        base_url = credentials.pop("base_url", "")
-    if not base_url:
-        return None  # no outbound configured for this integration: nothing to post to
-    ref = TicketRef(base_url=base_url, ticket_id=case.ticket_id, credentials=credentials)
-    remote_id = ticketing_client(integration.kind).post_comment(ref, _ticket_comment(case),
-                                                                idempotency_key=f"rekey-case-{case.id}")
-    record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_TICKET_COMMENTED, tenant_id=case.tenant_id,
-                 target_user_id=case.user_id, case_id=case.id,
-                 details={"integration_id": str(integration.id), "remote_id": remote_id[:100]})
-    return remote_id
 
 
 def request_follow_up(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> RecoveryCase:

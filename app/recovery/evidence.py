@@ -21,10 +21,10 @@ from app.audit.services import record_event
 from app.crypto import encrypt
 from app.errors import NotFound, RuleRefused
 from app.extensions import db, utcnow
-from app.intake.outbox import enqueue
+from app.jobs.services import enqueue
 from app.recovery import models as m
-from app.recovery.cases import ensure_reason, load_case, move, require
 from app.recovery.models import Evidence, RecoveryCase, VerificationCall
+from app.recovery.state import ensure_reason, load_case, move, require
 from app.tenants.models import Agent, Tenant
 
 ACCEPTABLE = ("video_call", "known_number_callback", "hr_attestation", "federated_signin")

@@ -17,7 +17,7 @@ from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
 from app.extensions import db, utcnow
-from app.intake.outbox import claim_effect, enqueue
+from app.jobs.services import claim_effect, enqueue
 from app.recovery.models import RecoveryCase, RecoveryLink
 
 LINK_TTL = timedelta(days=7)

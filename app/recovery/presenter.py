@@ -13,9 +13,9 @@ from app.accounts.services import active_factors, backup_codes_remaining, mask_p
 from app.actor import Actor
 from app.audit.models import AuditEvent
 from app.extensions import db
-from app.recovery.cases import allowed_actions, load_case
 from app.recovery.evidence import eligible_channels, required_types
 from app.recovery.models import CaseAction, Evidence, RecoveryCase
+from app.recovery.state import allowed_actions, load_case
 
 
 def recommended_path(user: User | None) -> dict[str, str] | None:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from app.recovery.cases import REFUSAL_TRIGGERS
 from app.recovery.models import STATES
+from app.recovery.state import REFUSAL_TRIGGERS
 
 
 def _not_blank(value: str) -> None:

@@ -6,8 +6,8 @@ from typing import Any
 
 from flask import g
 
-from app.errors import NotFound
-from app.recovery import actions, cases, closing, evidence
+from app.recovery import closing, evidence
+from app.recovery.commands import perform_action
 from app.recovery.presenter import describe_case, list_cases
 from app.recovery.schemas import (
     ActionIn,
@@ -28,28 +28,6 @@ blp = Blueprint("cases", __name__, url_prefix="/v1/admin/cases", description="Re
 
 NO_CASE = "No such case (another tenant's case is not found either)."
 WRONG_STATE = "The case's state does not allow this; the body names the allowed actions."
-
-# action name -> service; each returns (the CaseAction it created or None, codes shown once or None).
-ACTIONS: dict[str, Any] = {
-    "force_mfa_reset": lambda actor, cid, body: (actions.request_force_mfa_reset(
-        actor, cid, reason=body["reason"], backup_codes_unusable=body.get("backup_codes_unusable")), None),
-    "approve": lambda actor, cid, body: (actions.approve(actor, cid, reason=body["reason"]), None),
-    "generate_backup_codes": lambda actor, cid, body: actions.request_secret_delivery(
-        actor, cid, "generate_backup_codes", reason=body["reason"], delivery=body["delivery"]),
-    "set_temporary_password": lambda actor, cid, body: actions.request_secret_delivery(
-        actor, cid, "set_temporary_password", reason=body["reason"], delivery="verified_phone"),
-    "suspend_user": lambda actor, cid, body: (closing.suspend_user(actor, cid, reason=body["reason"]) and None,
-                                              None),
-    "send_follow_up": lambda actor, cid, body: (closing.request_follow_up(actor, cid, reason=body["reason"])
-                                                and None, None),
-    "close": lambda actor, cid, body: (closing.close_case(actor, cid, reason=body["reason"]) and None, None),
-    "refuse": lambda actor, cid, body: (cases.refuse_case(
-        actor, cid, trigger=body.get("trigger") or "agent_judgement", reason=body["reason"]) and None, None),
-    "escalate": lambda actor, cid, body: (cases.escalate_case(actor, cid, reason=body["reason"]) and None, None),
-    "resume": lambda actor, cid, body: (cases.resume_case(actor, cid, reason=body["reason"]) and None, None),
-    "reopen": lambda actor, cid, body: (cases.reopen_case(actor, cid, reason=body["reason"]) and None, None),
-}
-
 
 @blp.route("", methods=["GET"])
 @agent_required()
@@ -116,14 +94,11 @@ def confirm_call(body: dict[str, Any], case_id: str, call_id: str) -> Any:
 @blp.response(200, ActionOut)
 def act(body: dict[str, Any], case_id: str, action: str) -> Any:
     """Take one of the runbook's actions on the case (reason required; effects run in tasks)."""
-    handler = ACTIONS.get(action)
-    if handler is None:
-        raise NotFound("No such action.", details={"actions": sorted(ACTIONS)})
     actor = current_actor()
-    row, codes = handler(actor, case_id, body)
-    answer: dict[str, Any] = {"case": describe_case(actor, case_id), "action": row}
-    if codes is not None:
-        answer["backup_codes"] = codes
+    outcome = perform_action(actor, case_id, action, body)
+    answer: dict[str, Any] = {"case": describe_case(actor, case_id), "action": outcome.action}
+    if outcome.backup_codes is not None:
+        answer["backup_codes"] = outcome.backup_codes
     return answer
 
 

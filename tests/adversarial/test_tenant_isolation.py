@@ -79,7 +79,7 @@ def test_every_route_is_classified(app: Any) -> None:
 
 
 def test_every_action_is_probed() -> None:
-    from app.recovery.views import ACTIONS as SERVED
+    from app.recovery.commands import AGENT_ACTIONS as SERVED
 
     assert set(SERVED) == set(ACTIONS)
 

@@ -250,7 +250,7 @@ def test_ten_agents_forcing_one_reset_decide_it_once_and_it_runs_once(pg, app, c
 
 
 def test_concurrent_runs_of_one_queued_reset_reset_once_and_notify_each_channel_once(pg, app, client, factory):
-    from app.intake.models import OutboxMessage
+    from app.jobs.models import OutboxMessage
     from app.recovery.models import CaseAction
     from integrations.channels.dev import read_messages
 

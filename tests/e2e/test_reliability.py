@@ -106,7 +106,7 @@ def process_with_port(pids: list[int], local_port: int) -> int:
 
 
 def outbox_task_id(app: Any, task: str, **kwargs: str) -> str:
-    from app.intake.models import OutboxMessage
+    from app.jobs.models import OutboxMessage
 
     with app.app_context():
         rows = [r for r in db.session.scalars(select(OutboxMessage).where(OutboxMessage.task == task)).all()
@@ -116,7 +116,7 @@ def outbox_task_id(app: Any, task: str, **kwargs: str) -> str:
 
 
 def dead_letters(app: Any, case_id: str) -> list[Any]:
-    from app.intake.models import DeadLetter
+    from app.jobs.models import DeadLetter
 
     with app.app_context():
         rows = [r for r in db.session.scalars(select(DeadLetter)).all() if r.kwargs.get("case_id") == case_id]

@@ -102,7 +102,7 @@ def test_short_outage_forwards_every_event_once_after_backoff(siem, sink, broker
 
 def test_long_outage_dead_letters_then_dlq_retry_delivers_once(siem, sink, broker, factory):
     from app.extensions import db
-    from app.intake.models import DeadLetter
+    from app.jobs.models import DeadLetter
 
     app, env = siem
     started = time.time()

@@ -7,7 +7,7 @@ the end whatever happened: each process runs in its own process group, so even a
 the parent leaves no pool child behind.
 
 Fixtures:
-- `worker`: the worker on the session broker (Redis db 11), shared by a module; the queue is
+- `worker`: the worker on the session broker (Redis db 11, or $REKEY_TEST_REDIS_DB), shared by a module; the queue is
   purged when it starts, and a test that killed it gets it restarted.
 - `start_worker(broker_url=..., beat=..., pool=..., concurrency=...)`: a private worker (for
   example on a private `redis_server`), stopped when the test ends.

@@ -846,8 +846,8 @@ class RecoveryMachine(RuleBasedStateMachine):
         assert report.ok, f"(d) the chain broke: {report.as_dict()}"
 
     def _check_transitions(self) -> None:
-        from app.recovery.cases import ALLOWED_FROM
         from app.recovery.models import RecoveryCase
+        from app.recovery.state import ALLOWED_FROM
 
         assert set(ALLOWED_FROM) <= set(DESTINATIONS), (
             f"(e) transitions with no documented destination: {set(ALLOWED_FROM) - set(DESTINATIONS)}")

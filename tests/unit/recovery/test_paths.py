@@ -70,7 +70,7 @@ def test_a_vanished_reset_task_is_queued_again_by_the_sweep(client, factory):
 
     from app.audit.models import AuditEvent
     from app.extensions import db, utcnow
-    from app.intake.models import OutboxMessage
+    from app.jobs.models import OutboxMessage
     from app.recovery.closing import requeue_stalled
     from app.recovery.models import CaseAction
 

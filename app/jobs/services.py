@@ -1,5 +1,6 @@
-"""The transactional outbox: `enqueue` in the service's transaction; a relay publishes right
-after commit and a beat sweep republishes anything the broker missed."""
+"""The jobs below every domain: the transactional outbox (`enqueue` in the service's
+transaction; a relay publishes right after commit and a beat sweep republishes anything the
+broker missed), effect keys that make a task's effect happen once, and dead letters."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session
 
 from app.extensions import db, utcnow
-from app.intake.models import OutboxMessage
+from app.jobs.models import DeadLetter, Effect, OutboxMessage
 
 log = structlog.get_logger(__name__)
 _PENDING = "rekey.outbox_pending"
@@ -109,8 +110,6 @@ def claim_effect(key: str) -> bool:
     """
     from sqlalchemy.exc import IntegrityError
 
-    from app.intake.models import Effect
-
     if db.session.get(Effect, key) is not None:
         return False
     db.session.add(Effect(key=key, created_at=utcnow()))
@@ -125,8 +124,6 @@ def claim_effect(key: str) -> bool:
 def record_dead_letter(task: str, kwargs: dict[str, Any], task_id: str | None, exc: BaseException,
                        retries: int) -> None:
     """Park a task that failed for good, for `rekey dlq list|retry`."""
-    from app.intake.models import DeadLetter
-
     log.error("task_dead_lettered", task=task, task_id=task_id, error=type(exc).__name__, retries=retries)
     db.session.add(DeadLetter(task=task, kwargs=kwargs, task_id=task_id, error_type=type(exc).__name__,
                               error=str(exc)[:500], attempts=retries + 1, created_at=utcnow()))
@@ -135,8 +132,6 @@ def record_dead_letter(task: str, kwargs: dict[str, Any], task_id: str | None, e
 def retry_dead_letter(dead_letter_id: uuid.UUID) -> OutboxMessage:
     """Queue a dead-lettered task again (through the outbox, so the retry itself is durable)."""
     from app.errors import Conflict, NotFound
-    from app.intake.models import DeadLetter
-
     row = db.session.get(DeadLetter, dead_letter_id, with_for_update=True)
     if row is None:
         raise NotFound("No such dead letter.")

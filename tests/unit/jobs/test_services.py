@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from app.extensions import db
-from app.intake.models import OutboxMessage
+from app.jobs.models import OutboxMessage
 
 
 def _row(app, age: timedelta) -> uuid.UUID:
@@ -30,7 +30,7 @@ def _get(app, row_id: uuid.UUID) -> OutboxMessage:
 
 def _sweep(app) -> int:
     """relay_pending in a thread, bounded: a sweep that blocks on its own row locks fails here."""
-    from app.intake.outbox import relay_pending
+    from app.jobs.services import relay_pending
 
     result: list[int] = []
 

@@ -1,0 +1,61 @@
+"""Status comments back on the originating ticket (runbook step 5): the intake's outbound half.
+
+Recovery queues `rekey.recovery.post_ticket_comment` by name when a case closes; the comment is
+written here, above recovery, because it needs the integration the ticket came through."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+
+from app.actor import Actor
+from app.audit.models import AuditAction
+from app.audit.services import record_event
+from app.crypto import decrypt
+from app.extensions import db
+from app.intake.models import Integration
+from app.jobs.services import claim_effect
+from app.recovery.evidence import accepted_types
+from app.recovery.models import CaseAction, RecoveryCase
+from integrations.base import TicketRef
+from integrations.registry import ticketing_client
+
+
+def _ticket_comment(case: RecoveryCase) -> str:
+    reset = db.session.scalars(select(CaseAction).where(
+        CaseAction.case_id == case.id, CaseAction.status == "done")).all()
+    done = ", ".join(sorted({a.action for a in reset})) or "none (the user recovered on their own)"
+    return (f"Rekey: the account recovery for this request is complete (case {case.id}). "
+            f"Identity verified out of band by: {', '.join(accepted_types(case)) or 'n/a'}. "
+            f"Admin actions: {done}. The user enrolled a new factor and was sent a follow-up. "
+            "No codes or passwords are ever shared in tickets; the audit log holds the details.")
+
+
+def post_ticket_comment(case_id: uuid.UUID) -> str | None:
+    """Post the status comment on the originating ticket, once (the vendor's API, signed where
+    it supports it). Transient failures raise for a retry; the effect is claimed first."""
+    case = db.session.get(RecoveryCase, case_id)
+    if case is None or case.integration_id is None or case.ticket_id is None:
+        return None
+    integration = db.session.get(Integration, case.integration_id)
+    if integration is None or not claim_effect(f"case:{case_id}:ticket_comment"):
+        return None
+    credentials: dict[str, Any] = (json.loads(decrypt(integration.outbound_encrypted))
+                                   if integration.outbound_encrypted else {})
+    if integration.kind == "standard":
+        credentials = {"secret": decrypt(integration.secret_encrypted), **credentials}
+        base_url = integration.callback_url or ""
+    else:
+        base_url = credentials.pop("base_url", "")
+    if not base_url:
+        return None  # no outbound configured for this integration: nothing to post to
+    ref = TicketRef(base_url=base_url, ticket_id=case.ticket_id, credentials=credentials)
+    remote_id = ticketing_client(integration.kind).post_comment(ref, _ticket_comment(case),
+                                                                idempotency_key=f"rekey-case-{case.id}")
+    record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_TICKET_COMMENTED, tenant_id=case.tenant_id,
+                 target_user_id=case.user_id, case_id=case.id,
+                 details={"integration_id": str(integration.id), "remote_id": remote_id[:100]})
+    return remote_id
