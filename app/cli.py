@@ -100,7 +100,9 @@ def tenant() -> None:
 @tenant.command("create")
 @click.argument("slug")
 @click.option("--name", default=None)
-@click.option("--setting", "settings", multiple=True, help="NAME=JSON, e.g. reset_cooldown_hours=4")
+@click.option("--setting", "settings", multiple=True,
+              help="NAME=VALUE, the value as JSON or a plain string: reset_cooldown_hours=4, "
+                   "time_zone=Europe/Paris")
 @click.option("--json", "as_json", is_flag=True)
 @in_app
 def tenant_create(slug: str, name: str | None, settings: tuple[str, ...], as_json: bool) -> None:
@@ -109,8 +111,13 @@ def tenant_create(slug: str, name: str | None, settings: tuple[str, ...], as_jso
 
     parsed = {}
     for item in settings:
-        key, _, raw = item.partition("=")
-        parsed[key] = json.loads(raw)
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"--setting {item!r} is not NAME=VALUE")
+        try:
+            parsed[key] = json.loads(raw)
+        except ValueError:
+            parsed[key] = raw  # a zone name needs no JSON quotes
     created = create_tenant(slug=slug, name=name, settings=parsed)
     _emit({"id": str(created.id), "slug": created.slug, "name": created.name}, as_json,
           f"tenant {created.slug} ({created.id})")

@@ -22,6 +22,13 @@ DEFAULT_TENANT_SETTINGS: dict[str, Any] = {
     "verification_ttl_hours": 72,
     "reset_cooldown_hours": 0,
     "allow_temporary_access_pass": False,
+    # SMS pumping (issue 8, item 10): verification calls placed per hour, by case and by agent,
+    # and verification codes sent per hour in the whole tenant (texts and voice calls alike).
+    "verification_calls_per_case_per_hour": 3,
+    "verification_calls_per_agent_per_hour": 20,
+    "verification_texts_per_tenant_per_hour": 200,
+    # The IANA zone whose calendar day "before today" means in the channel-age rule.
+    "time_zone": "UTC",
 }
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
+import zoneinfo
 from typing import Any
 
 from sqlalchemy import select
@@ -26,6 +28,8 @@ def create_tenant(*, slug: str, name: str | None = None, settings: dict[str, Any
     unknown = set(settings or {}) - set(DEFAULT_TENANT_SETTINGS)
     if unknown:
         raise ValidationFailed("Unknown tenant settings.", details={"unknown": sorted(unknown)})
+    for key, value in (settings or {}).items():
+        check_setting(key, value)
     if db.session.scalars(select(Tenant).where(Tenant.slug == slug)).first():
         raise Conflict(f"Tenant {slug!r} already exists.")
     tenant = Tenant(id=uuid.uuid4(), slug=slug, name=name or slug, settings=settings or {})
@@ -34,6 +38,44 @@ def create_tenant(*, slug: str, name: str | None = None, settings: dict[str, Any
     record_event(Actor.system(tenant.id), AuditAction.TENANT_CREATED,
                  details={"slug": slug, "settings": settings or {}})
     return tenant
+
+
+LIMIT_SETTINGS = ("verification_calls_per_case_per_hour", "verification_calls_per_agent_per_hour",
+                  "verification_texts_per_tenant_per_hour")
+_MAX_NUMBER = 1_000_000
+
+
+@functools.cache
+def _iana_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def check_setting(name: str, value: Any) -> None:
+    """Refuse a tenant setting value of the wrong kind: a typo must fail here, at provisioning,
+    and not as a 500 in the middle of someone's recovery."""
+    expected = _expected(name, value)
+    if expected:
+        raise ValidationFailed(f"The tenant setting {name} must be {expected}.",
+                               details={"setting": name, "expected": expected})
+
+
+def _expected(name: str, value: Any) -> str | None:
+    """What `value` should have been, or None when it is fine."""
+    default = DEFAULT_TENANT_SETTINGS[name]
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if name == "time_zone":
+        # Only a name from the IANA database: no path, offset or abbreviation that zoneinfo
+        # would read from disk, or that another machine would read differently.
+        ok = isinstance(value, str) and value in _iana_zones()
+        return None if ok else "an IANA time zone name such as Europe/Paris or America/New_York"
+    if name in LIMIT_SETTINGS:
+        ok = number and isinstance(value, int) and 1 <= value <= _MAX_NUMBER
+        return None if ok else f"a whole number from 1 to {_MAX_NUMBER}"
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int | float):
+        return None if number and 0 <= value <= _MAX_NUMBER else f"a number from 0 to {_MAX_NUMBER}"
+    return None
 
 
 def get_tenant_by_slug(slug: str) -> Tenant:

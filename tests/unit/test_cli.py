@@ -128,3 +128,31 @@ def test_audit_verify_exits_non_zero_naming_the_tampered_seq(app, factory, rekey
 
 def test_audit_verify_unknown_tenant_exits_2(rekey):
     assert rekey("audit", "verify", "--tenant", "no-such-tenant").exit_code == 2
+
+
+def test_tenant_create_takes_a_time_zone_and_limits_as_settings(app, rekey):
+    from app.tenants.models import Tenant
+
+    slug = f"cli-{uuid.uuid4().hex[:8]}"
+    made = rekey("tenant", "create", slug, "--setting", "time_zone=Asia/Singapore",
+                 "--setting", "verification_calls_per_case_per_hour=2", "--json")
+
+    assert made.exit_code == 0, made.output
+    with app.app_context():
+        tenant = db.session.scalars(db.select(Tenant).where(Tenant.slug == slug)).one()
+        assert (tenant.setting("time_zone"), tenant.setting("verification_calls_per_case_per_hour"),
+                tenant.setting("verification_texts_per_tenant_per_hour")) == ("Asia/Singapore", 2, 200)
+
+
+@pytest.mark.parametrize("setting", ["time_zone=Mars/Olympus_Mons", 'time_zone="../../etc/passwd"',
+                                     "verification_calls_per_case_per_hour=0", "no_such_setting=1",
+                                     "time_zone"])
+def test_tenant_create_with_a_bad_setting_fails_and_creates_nothing(app, rekey, setting):
+    from app.tenants.models import Tenant
+
+    slug = f"cli-{uuid.uuid4().hex[:8]}"
+    made = rekey("tenant", "create", slug, "--setting", setting)
+
+    assert made.exit_code == 2
+    with app.app_context():
+        assert db.session.scalars(db.select(Tenant).where(Tenant.slug == slug)).first() is None
