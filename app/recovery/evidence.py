@@ -8,8 +8,9 @@ import hashlib
 import hmac
 import secrets
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from flask import current_app
 from sqlalchemy import func, select, update
@@ -183,13 +184,21 @@ def _code_digest(call_id: uuid.UUID, code: str) -> str:
     return hmac.new(pepper, f"{call_id}:{code}".encode(), hashlib.sha256).hexdigest()
 
 
-def _start_of_day(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+def start_of_case_day(case: RecoveryCase) -> datetime:
+    """Midnight of the day the case opened, on the tenant's clock (`time_zone`), in UTC. The
+    runbook's "before today" is the tenant's day: with the UTC day, a tenant eight hours from UTC
+    would accept a phone added that local morning (a fresh SIM swap) as on file "before today"."""
+    tenant = db.session.get(Tenant, case.tenant_id)
+    assert tenant is not None
+    zone = ZoneInfo(tenant.setting("time_zone"))
+    local_day = case.opened_at.astimezone(zone).date()
+    # On a day whose midnight a clock change skips, this is the moment the day began.
+    return datetime.combine(local_day, time.min, tzinfo=zone).astimezone(UTC)
 
 
 def eligible_channels(case: RecoveryCase) -> list[Channel]:
-    """Phones on the account since before the start of the day the case opened (UTC)."""
-    cutoff = _start_of_day(case.opened_at)
+    """Phones on the account since before the start of the day the case opened (tenant's clock)."""
+    cutoff = start_of_case_day(case)
     return list(db.session.scalars(select(Channel).where(
         Channel.user_id == case.user_id, Channel.kind == "phone", Channel.removed_at.is_(None),
         Channel.added_at < cutoff)).all())
@@ -206,10 +215,12 @@ def place_verification_call(actor: Actor, case_id: uuid.UUID | str, *, channel_i
         channel = None
     if channel is None or channel.user_id != case.user_id or channel.kind != "phone" or channel.removed_at:
         raise NotFound("No such phone channel on this user.")
-    if channel.added_at >= _start_of_day(case.opened_at):
+    day_started = start_of_case_day(case)
+    if channel.added_at >= day_started:
         raise ChannelTooNew(
             "This number was added on or after the day the case opened; it could be the attacker's.",
-            details={"channel_id": str(channel.id), "added_at": channel.added_at.isoformat()})
+            details={"channel_id": str(channel.id), "added_at": channel.added_at.isoformat(),
+                     "case_day_started_at": day_started.isoformat()})
     # A new call supersedes any earlier pending one, so only one code is live at a time.
     db.session.execute(update(VerificationCall).where(
         VerificationCall.case_id == case.id, VerificationCall.status.in_(("pending", "sent"))

@@ -104,6 +104,68 @@ class TestChannelAge:
         assert r.status_code == 422 and error_of(r)["code"] == "channel_too_new"
 
 
+def _last_local(zone: str, hour: int) -> datetime:
+    """The latest moment, before now, when the clocks of `zone` read `hour`:00."""
+    from zoneinfo import ZoneInfo
+
+    now = datetime.now(ZoneInfo(zone)) - timedelta(minutes=1)
+    moment = now.replace(hour=hour, minute=0, second=0, microsecond=0)
+    return moment if moment <= now else moment - timedelta(days=1)
+
+
+class TestTenantDay:
+    """Issue 8, item 19: "before today" is the tenant's day, not the UTC day. For a tenant eight
+    hours from UTC, a phone added that local morning is on file since "today", whatever the
+    date in UTC says."""
+
+    @pytest.mark.parametrize("zone, opened_hour", [("Asia/Singapore", 10), ("Pacific/Pitcairn", 20)])
+    def test_phone_added_that_local_morning_is_too_new(self, app, client, factory, zone, opened_hour):
+        opened_local = _last_local(zone, opened_hour)
+        added_local = opened_local.replace(hour=7)  # the same local morning: the attacker's new SIM
+        # The UTC days differ: that is what made the old rule count the phone as "before today".
+        assert added_local.astimezone(UTC).date() < opened_local.astimezone(UTC).date()
+        tenant = factory.tenant(time_zone=zone, recent_channel_change_days=0)
+        user = factory.settled_user(tenant, password=None, phones=[(PHONE, added_local.astimezone(UTC))])
+        opened = _opened_at(app, open_case(factory, client, tenant=tenant, user=user),
+                            opened_local.astimezone(UTC))
+        agent = factory.agent(tenant)
+
+        detail = client.get(f"/v1/admin/cases/{opened.case_id}", headers=agent.headers).json
+        r = _place(client, agent, opened.case_id, _channel(app, user.id))
+
+        assert detail["callable_channels"] == []
+        assert r.status_code == 422, r.json
+        assert error_of(r)["code"] == "channel_too_new"
+        with app.app_context():
+            assert db.session.query(VerificationCall).filter_by(case_id=uuid.UUID(opened.case_id)).count() == 0
+
+    @pytest.mark.parametrize("zone, opened_hour", [("Asia/Singapore", 10), ("Pacific/Pitcairn", 20)])
+    def test_phone_added_the_local_evening_before_can_be_called(self, app, client, factory, zone, opened_hour):
+        opened_local = _last_local(zone, opened_hour)
+        added_local = (opened_local - timedelta(days=1)).replace(hour=23)
+        tenant = factory.tenant(time_zone=zone, recent_channel_change_days=0)
+        user = factory.settled_user(tenant, password=None, phones=[(PHONE, added_local.astimezone(UTC))])
+        opened = _opened_at(app, open_case(factory, client, tenant=tenant, user=user),
+                            opened_local.astimezone(UTC))
+        agent = factory.agent(tenant)
+
+        detail = client.get(f"/v1/admin/cases/{opened.case_id}", headers=agent.headers).json
+        r = _place(client, agent, opened.case_id, _channel(app, user.id))
+
+        assert [c["id"] for c in detail["callable_channels"]] == [_channel(app, user.id)]
+        assert r.status_code == 202, r.json
+
+
+def _opened_at(app, opened, moment):
+    """The case as if it had been opened at `moment` (the tests pick a local hour)."""
+    from app.recovery.models import RecoveryCase
+
+    with app.app_context():
+        db.session.get(RecoveryCase, uuid.UUID(opened.case_id)).opened_at = moment
+        db.session.commit()
+    return opened
+
+
 class TestWhichChannel:
     @pytest.mark.parametrize("whose", ["another_users_phone", "the_users_email", "unknown_id"])
     def test_channel_that_is_not_this_users_phone_is_404(self, app, client, factory, whose):
