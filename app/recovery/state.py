@@ -28,7 +28,8 @@ ALLOWED_FROM: dict[str, tuple[str, ...]] = {
     "place_verification_call": (m.AWAITING_VERIFICATION,),
     "confirm_verification_call": (m.AWAITING_VERIFICATION, m.VERIFIED),
     "escalate": (m.RECEIVED, m.AWAITING_VERIFICATION, m.VERIFIED, m.AWAITING_ENROLMENT),
-    "refuse": (m.RECEIVED, m.AWAITING_VERIFICATION, m.VERIFIED, m.AWAITING_ENROLMENT, m.ESCALATED),
+    "refuse": (m.RECEIVED, m.AWAITING_VERIFICATION, m.VERIFIED, m.AWAITING_ENROLMENT, m.ESCALATED,
+               m.SUSPECTED_ATTACK),
     "resume": (m.ESCALATED, m.SUSPECTED_ATTACK),
     "reopen": (m.REFUSED, m.EXPIRED),
     "expire": (m.AWAITING_VERIFICATION,),
@@ -45,6 +46,9 @@ ALLOWED_FROM: dict[str, tuple[str, ...]] = {
     "record_enrolment": (m.VERIFIED, m.AWAITING_ENROLMENT),
 }
 SENIOR_ONLY = {"resume", "reopen", "approve"}
+# Actions only a senior admin may take from these states: ending a suspected attack is a
+# decision on an incident (the user stays suspended), not a support agent's call.
+SENIOR_ONLY_FROM: dict[str, tuple[str, ...]] = {"refuse": (m.SUSPECTED_ATTACK,)}
 # Transitions Rekey makes itself (a task, the user's enrolment); never offered to an agent.
 NOT_AGENT_ACTIONS = ("screen", "expire", "record_enrolment")
 
@@ -67,7 +71,11 @@ def allowed_actions(case: RecoveryCase, actor: Actor) -> list[str]:
         return []
     return sorted(a for a, states in ALLOWED_FROM.items()
                   if case.state in states and a not in NOT_AGENT_ACTIONS
-                  and (a not in SENIOR_ONLY or actor.is_senior_admin))
+                  and (actor.is_senior_admin or not _senior_only(a, case.state)))
+
+
+def _senior_only(action: str, state: str) -> bool:
+    return action in SENIOR_ONLY or state in SENIOR_ONLY_FROM.get(action, ())
 
 
 def require(case: RecoveryCase, action: str, actor: Actor) -> None:
@@ -78,8 +86,8 @@ def require(case: RecoveryCase, action: str, actor: Actor) -> None:
     if actor.type == "agent" and case.user_id is not None and _is_own_account(actor, case):
         # Separation of duties: nobody recovers, resets or approves their own account.
         raise Forbidden("Agents cannot act on their own account's recovery.", code="own_account")
-    if action in SENIOR_ONLY and not actor.is_senior_admin:
-        raise Forbidden("Only a senior admin may do this.", details={"action": action})
+    if _senior_only(action, case.state) and not actor.is_senior_admin:
+        raise Forbidden("Only a senior admin may do this.", details={"action": action, "state": case.state})
     if case.state not in ALLOWED_FROM[action]:
         raise StateConflict(
             f"Cannot {action.replace('_', ' ')} a case that is {case.state}.",

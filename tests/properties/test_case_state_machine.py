@@ -13,7 +13,8 @@ the database and the audit trail:
     decision taken in an earlier round; a privileged user's reset approved by a different
     senior admin; each decided reset run once; a case enters `verified` only on such evidence;
     and no active factor of a user is ever removed without a `mfa.factor_admin_reset`;
-(b) a support agent never succeeds (2xx) at anything on a case that is escalated or refused;
+(b) a support agent never succeeds (2xx) at anything on a case that is escalated or refused,
+    nor at refusing a suspected attack (a senior admin's decision; the user stays suspended);
 (c) the audit trail of each call, from DESIGN.md and the runbook ("every action carries an actor
     and a reason", "every transition ... recorded as an audit event", "every refusal is
     audited"): a 2xx call leaves exactly one event recording it, naming the caller (type and
@@ -388,6 +389,9 @@ class RecoveryMachine(RuleBasedStateMachine):
             # (b) escalated and refused cases belong to senior admins.
             assert not (who.role == "support_agent" and state_before in (ESCALATED, REFUSED)), (
                 f"(b) a support agent succeeded on a {state_before} case: {label}")
+            # (b) ending a suspected attack by refusal is a senior admin's decision (issue 8, item 14).
+            assert not (who.role == "support_agent" and state_before == SUSPECTED_ATTACK
+                        and path.endswith("/actions/refuse")), f"(b) a support agent refused an attack: {label}"
             spec = audit(response) if callable(audit) else audit
             self._check_audit(spec, new, who, case, reason, response, label)
             self.coverage[f"2xx {method} {re.sub(r'[0-9a-f.-]{32,}', '<id>', path)}"] += 1
