@@ -133,16 +133,31 @@ def agent() -> None:
 @click.option("--email", required=True)
 @click.option("--name", default=None)
 @click.option("--role", type=click.Choice(["support_agent", "senior_admin"]), required=True)
+@click.option("--external-id", default=None,
+              help="The agent's employee id, when they also have a user account (the user's external id).")
+@click.option("--federated", "federated", multiple=True,
+              help="ISSUER:SUBJECT of the agent's own federated identity (repeatable).")
 @click.option("--json", "as_json", is_flag=True)
 @in_app
-def agent_create(tenant_slug: str, email: str, name: str | None, role: str, as_json: bool) -> None:
-    """Create an agent; prints its API token once."""
+def agent_create(tenant_slug: str, email: str, name: str | None, role: str, external_id: str | None,
+                 federated: tuple[str, ...], as_json: bool) -> None:
+    """Create an agent; prints its API token once. The agent may never act on the recovery of a
+    user with the same mailbox, external id or federated subject."""
     from app.tenants.services import create_agent, get_tenant_by_slug
 
-    created, token = create_agent(get_tenant_by_slug(tenant_slug), email=email, name=name or email, role=role)
+    created, token = create_agent(get_tenant_by_slug(tenant_slug), email=email, name=name or email, role=role,
+                                  external_id=external_id, federated=[_issuer_subject(f) for f in federated])
     _emit({"id": str(created.id), "email": created.email, "role": created.role, "token": token}, as_json,
           f"agent {created.email} ({created.role}) id={created.id}\n"
           f"token (shown once, store it now): {token}")
+
+
+def _issuer_subject(item: str) -> tuple[str, str]:
+    """--federated ISSUER:SUBJECT (the issuer is a URL, so the subject follows the last colon)."""
+    issuer, sep, subject = item.rpartition(":")
+    if not sep or not issuer or not subject:
+        raise click.BadParameter(f"--federated {item!r} is not ISSUER:SUBJECT")
+    return issuer, subject
 
 
 @main.group()
@@ -178,12 +193,7 @@ def user_create(tenant_slug: str, email: str, name: str, password: str | None, p
         raise click.BadParameter("give one --phone-added-at per --phone, or none")
     phone_specs = [PhoneSpec(number, _parse_time(phone_added_at[i]) if phone_added_at else None)
                    for i, number in enumerate(phones)]
-    links = []
-    for item in federated:
-        issuer, sep, subject = item.rpartition(":")
-        if not sep or not issuer or not subject:
-            raise click.BadParameter(f"--federated {item!r} is not ISSUER:SUBJECT")
-        links.append(FederatedSpec(issuer, subject, _parse_time(federated_linked_at)))
+    links = [FederatedSpec(*_issuer_subject(item), _parse_time(federated_linked_at)) for item in federated]
     found = get_tenant_by_slug(tenant_slug)
     created = create_user(found, email=email, actor=Actor.system(found.id), password=password,
                           display_name=name, phones=phone_specs, federated=links, privileged=privileged,

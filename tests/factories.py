@@ -47,10 +47,13 @@ class Factory:
             db.session.expunge(tenant)
             return tenant
 
-    def agent(self, tenant: Tenant, role: str = "support_agent") -> AgentLogin:
+    def agent(self, tenant: Tenant, role: str = "support_agent", *, email: str | None = None,
+              **links: Any) -> AgentLogin:
+        """An agent and its token; `links` are `external_id` and `federated` [(issuer, subject)]."""
         with self.app.app_context():
             agent, token = create_agent(db.session.get(Tenant, tenant.id),
-                                        email=f"{role}-{uuid.uuid4().hex[:8]}@staff.test", name=role, role=role)
+                                        email=email or f"{role}-{uuid.uuid4().hex[:8]}@staff.test", name=role,
+                                        role=role, **links)
             db.session.commit()
             db.session.refresh(agent)
             db.session.expunge(agent)
@@ -60,7 +63,8 @@ class Factory:
     def user(self, tenant: Tenant, *, email: str | None = None, password: str | None = PASSWORD,
              phones: list[tuple[str, datetime | None]] | None = None,
              federated: list[tuple[str, str, datetime | None]] | None = None,
-             privileged: bool = False, email_added_at: datetime | None = None) -> User:
+             privileged: bool = False, email_added_at: datetime | None = None,
+             external_id: str | None = None) -> User:
         with self.app.app_context():
             user = create_user(
                 db.session.get(Tenant, tenant.id),
@@ -68,7 +72,7 @@ class Factory:
                 actor=Actor.system(tenant.id), password=password,
                 phones=[PhoneSpec(n, at) for n, at in (phones or [])],
                 federated=[FederatedSpec(i, s, at) for i, s, at in (federated or [])],
-                privileged=privileged, email_added_at=email_added_at,
+                privileged=privileged, email_added_at=email_added_at, external_id=external_id,
             )
             db.session.commit()
             db.session.refresh(user)

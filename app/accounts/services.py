@@ -28,28 +28,17 @@ from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
 from app.crypto import hash_password, new_token, token_digest
+from app.emails import normalize_email
 from app.errors import Forbidden, NotFound, RuleRefused, Unauthenticated, ValidationFailed
 from app.extensions import db, rows_changed, utcnow
 from app.tenants.models import Tenant
 
-_EMAIL = re.compile(
-    r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@"
-    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
 # A note that looks like a one-time code or a backup code is refused: agents must never paste a
 # secret into the permanent record. Codes are matched in every form sign-in accepts them: a
 # TOTP code as apps display it ("492 817"), a backup code with dashes, spaces or none.
 _OTP_LIKE = re.compile(r"(?<![\w-])(?:\d{6,8}|\d{3} \d{3}|\d{4} \d{4})(?![\w-])")
 _BACKUP_CODE_LIKE = re.compile(r"(?<![\w-])[a-z2-7]{5}(?:[ -]?[a-z2-7]{5}){3}(?![\w-])", re.I)
 MIN_PASSWORD_LENGTH = 12
-
-
-def normalize_email(raw: str) -> str:
-    """NFKC, trimmed, lower-case ASCII. Non-ASCII addresses are refused, so look-alike
-    (confusable) spellings can neither open a second account nor match the first."""
-    email = unicodedata.normalize("NFKC", raw).strip().lower()
-    if not _EMAIL.match(email):
-        raise ValidationFailed("Not a valid email address.", details={"field": "email"})
-    return email
 
 
 def normalize_phone(raw: str, region: str | None = None) -> str:

@@ -20,13 +20,14 @@ from app.actor import Actor
 from app.audit.models import AuditAction, AuditEvent
 from app.audit.services import record_event
 from app.crypto import encrypt
+from app.emails import same_mailbox
 from app.errors import NotFound, RuleRefused
 from app.extensions import db, utcnow
 from app.jobs.services import enqueue
 from app.recovery import models as m
 from app.recovery.models import Evidence, RecoveryCase, VerificationCall
 from app.recovery.state import ensure_reason, load_case, move, require
-from app.tenants.models import Agent, Tenant
+from app.tenants.models import Tenant
 
 ACCEPTABLE = ("video_call", "known_number_callback", "hr_attestation", "federated_signin")
 # The runbook's "NOT acceptable verification", with its reasons.
@@ -68,7 +69,8 @@ def _reject(actor: Actor, case: RecoveryCase, type_: str, reason: str, message: 
     return UnacceptableEvidence(message, details={"type": type_[:40], "reason": message})
 
 
-def _check_video_call(actor: Actor, user: User, details: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+def _check_video_call(details: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    # That the agent is not the user was settled by `require` (state.is_own_account).
     result = details.get("result")
     if result != "match":
         return f"A video call with result {result!r} does not verify (only 'match' does).", {}
@@ -77,10 +79,6 @@ def _check_video_call(actor: Actor, user: User, details: dict[str, Any]) -> tupl
     reference = details.get("reference")
     if not isinstance(reference, str) or not reference.strip():
         return "A video call needs a reference (ticket, recording-free log entry).", {}
-    if actor.type == "agent":
-        agent = db.session.get(Agent, uuid.UUID(actor.id or ""))
-        if agent is not None and agent.email == user.email:
-            return "An agent cannot verify their own account.", {}
     return None, {"result": "match", "matched_against": details["matched_against"],
                   "reference": reference.strip()[:200]}
 
@@ -122,7 +120,7 @@ def record_evidence(actor: Actor, case_id: uuid.UUID | str, *, type_: str, detai
     if type_ in SYSTEM_ONLY:
         raise _reject(actor, case, type_, reason, f"{type_} is {SYSTEM_ONLY[type_]}, not entered by hand.")
     assert user is not None  # cases without a user are refused before they can take evidence
-    problem, kept = (_check_video_call(actor, user, details) if type_ == "video_call"
+    problem, kept = (_check_video_call(details) if type_ == "video_call"
                      else _check_federated(case, user, details))
     if problem:
         raise _reject(actor, case, type_, reason, problem)
@@ -326,7 +324,7 @@ def record_hr_attestation(tenant: Tenant, integration: Any, actor: Actor, data: 
     if not voucher or relation not in ("manager", "hr"):
         raise _reject(actor, case, "hr_attestation", reason,
                       "The attestation must name a voucher who is the user's manager or HR.")
-    if voucher in (user.email, case.requester_email):
+    if any(same_mailbox(voucher, address) for address in (user.email, case.requester_email)):
         raise _reject(actor, case, "hr_attestation", reason,
                       "The voucher is the user (or the requester); nobody vouches for themselves.")
     accept_evidence(actor, case, "hr_attestation",

@@ -3,21 +3,23 @@ part of recovery shares (refuse, escalate). Every transition of a case goes thro
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 
-from app.accounts.models import User
+from app.accounts.models import Channel, FederatedIdentity, User
 from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
+from app.emails import same_mailbox
 from app.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from app.extensions import db, utcnow
 from app.recovery import models as m
 from app.recovery.models import RecoveryCase
 from app.recovery.pending import cancel_pending
-from app.tenants.models import Agent
+from app.tenants.models import Agent, AgentIdentity
 
 REFUSAL_TRIGGERS = ("unverifiable", "urgency", "unusual_activity", "agent_judgement")
 
@@ -83,7 +85,7 @@ def require(case: RecoveryCase, action: str, actor: Actor) -> None:
     if case.state == m.ESCALATED and actor.type == "agent" and not actor.is_senior_admin:
         raise CaseEscalated("The case is escalated; only a senior admin may act on it.",
                             details={"state": case.state})
-    if actor.type == "agent" and case.user_id is not None and _is_own_account(actor, case):
+    if actor.type == "agent" and case.user_id is not None and is_own_account(actor, case):
         # Separation of duties: nobody recovers, resets or approves their own account.
         raise Forbidden("Agents cannot act on their own account's recovery.", code="own_account")
     if _senior_only(action, case.state) and not actor.is_senior_admin:
@@ -101,11 +103,28 @@ def require(case: RecoveryCase, action: str, actor: Actor) -> None:
                           details={"state": case.state})
 
 
-def _is_own_account(actor: Actor, case: RecoveryCase) -> bool:
-
+def is_own_account(actor: Actor, case: RecoveryCase) -> bool:
+    """Whether the acting agent is the case's user: the same mailbox (however it is spelt: Unicode
+    width, case, a plus-alias), the user's external id, or a federated subject linked to both.
+    Any one is enough: a full-width copy of an agent's own address once passed a raw compare."""
     agent = db.session.get(Agent, uuid.UUID(actor.id)) if actor.id else None
     user = db.session.get(User, case.user_id)
-    return agent is not None and user is not None and agent.email == user.email
+    if agent is None or user is None:
+        return False
+    addresses = [user.email, *db.session.scalars(select(Channel.value).where(
+        Channel.user_id == user.id, Channel.kind == "email")).all()]
+    if any(same_mailbox(agent.email, address) for address in addresses):
+        return True
+    if agent.external_id and user.external_id and _id_key(agent.external_id) == _id_key(user.external_id):
+        return True
+    return db.session.scalars(select(AgentIdentity.id).join(FederatedIdentity, and_(
+        FederatedIdentity.issuer == AgentIdentity.issuer, FederatedIdentity.subject == AgentIdentity.subject,
+        FederatedIdentity.tenant_id == AgentIdentity.tenant_id)).where(
+        AgentIdentity.agent_id == agent.id, FederatedIdentity.user_id == user.id)).first() is not None
+
+
+def _id_key(external_id: str) -> str:
+    return unicodedata.normalize("NFKC", external_id).casefold().strip()
 
 
 def load_case(actor: Actor, case_id: uuid.UUID | str, *, lock: bool = False) -> RecoveryCase:

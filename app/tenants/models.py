@@ -56,6 +56,24 @@ class Agent(db.Model):  # type: ignore[name-defined]
     role: Mapped[str] = mapped_column(String(32))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The agent's own employee id in the HR system, when they also have a user account: the
+    # own-account check compares it with the user's (`User.external_id`).
+    external_id: Mapped[str | None] = mapped_column(String(200))
+
+
+class AgentIdentity(db.Model):  # type: ignore[name-defined]
+    """A federated subject (issuer and `sub`) that is the agent's: an agent linked to a user by
+    one may not act on that user's recovery."""
+
+    __tablename__ = "agent_identities"
+    __table_args__ = (UniqueConstraint("tenant_id", "issuer", "subject"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    agent_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agents.id"), index=True)
+    issuer: Mapped[str] = mapped_column(String(300))
+    subject: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class AgentToken(db.Model):  # type: ignore[name-defined]

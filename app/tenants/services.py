@@ -6,6 +6,7 @@ import functools
 import re
 import uuid
 import zoneinfo
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -14,9 +15,10 @@ from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
 from app.crypto import new_token, token_digest
+from app.emails import normalize_email
 from app.errors import Conflict, NotFound, Unauthenticated, ValidationFailed
 from app.extensions import db, utcnow
-from app.tenants.models import DEFAULT_TENANT_SETTINGS, ROLES, Agent, AgentToken, Tenant
+from app.tenants.models import DEFAULT_TENANT_SETTINGS, ROLES, Agent, AgentIdentity, AgentToken, Tenant
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
@@ -86,19 +88,43 @@ def get_tenant_by_slug(slug: str) -> Tenant:
     return tenant
 
 
-def create_agent(tenant: Tenant, *, email: str, name: str, role: str, actor: Actor | None = None) -> tuple[Agent, str]:
-    """Create an agent and its first API token; the token is returned once and never stored."""
+def create_agent(tenant: Tenant, *, email: str, name: str, role: str, actor: Actor | None = None,
+                 external_id: str | None = None,
+                 federated: Sequence[tuple[str, str]] = ()) -> tuple[Agent, str]:
+    """Create an agent and its first API token; the token is returned once and never stored.
+    `external_id` and `federated` ((issuer, subject) pairs) say which user account, if any, is
+    the agent's own: nobody acts on the recovery of their own account."""
     if role not in ROLES:
         raise ValidationFailed("Unknown role.", details={"allowed": list(ROLES)})
-    email = email.strip().lower()
+    # The same normal form as users' addresses, so the own-account check compares like with like.
+    email = normalize_email(email)
+    external_id = _link_text(external_id, "external_id", 200) if external_id is not None else None
+    links = sorted({(_link_text(i, "issuer", 300), _link_text(s, "subject", 300)) for i, s in federated})
     if db.session.scalars(select(Agent).where(Agent.tenant_id == tenant.id, Agent.email == email)).first():
         raise Conflict("An agent with this email exists in the tenant.")
-    agent = Agent(id=uuid.uuid4(), tenant_id=tenant.id, email=email, name=name, role=role)
+    for issuer, subject in links:
+        if db.session.scalars(select(AgentIdentity.id).where(
+                AgentIdentity.tenant_id == tenant.id, AgentIdentity.issuer == issuer,
+                AgentIdentity.subject == subject)).first():
+            raise Conflict("Another agent of the tenant has this federated subject.",
+                           details={"issuer": issuer})
+    agent = Agent(id=uuid.uuid4(), tenant_id=tenant.id, email=email, name=name, role=role, external_id=external_id)
     db.session.add(agent)
+    db.session.add_all(AgentIdentity(tenant_id=tenant.id, agent_id=agent.id, issuer=issuer, subject=subject)
+                       for issuer, subject in links)
     token = issue_agent_token(agent)
     record_event(actor or Actor.system(tenant.id), AuditAction.AGENT_CREATED,
-                 details={"agent_id": str(agent.id), "email": email, "role": role})
+                 details={"agent_id": str(agent.id), "email": email, "role": role, "external_id": external_id,
+                          "federated": [{"issuer": i, "subject": s} for i, s in links]})
     return agent, token
+
+
+def _link_text(value: str, field: str, limit: int) -> str:
+    """An identifier as the agent's link to an account: printable, trimmed, not empty."""
+    text = value.strip() if isinstance(value, str) else ""
+    if not text or len(text) > limit or not text.isprintable():
+        raise ValidationFailed(f"{field} must be 1-{limit} printable characters.", details={"field": field})
+    return text
 
 
 def issue_agent_token(agent: Agent) -> str:

@@ -657,3 +657,67 @@ def test_reason_of_only_whitespace_is_400(client: Any, world: World, nothing_wri
         with nothing_written():
             answer = assert_error(client.post(url, json=body, headers=headers), 400, "validation_error")
         assert field in str(answer["error"]["details"]), (url, answer)
+
+
+# --- provisioning input: the CLI's tenant settings and agent options --------------------------
+
+
+@pytest.fixture
+def rekey(app: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`rekey ...` in-process, bound to the test app; returns (exit code, stdout, stderr)."""
+    from click.testing import CliRunner
+
+    from app import cli
+
+    monkeypatch.setattr(cli, "_app", lambda: app)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        result = CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
+        return result.exit_code, result.stdout, result.stderr
+
+    return run
+
+
+HOSTILE_TEXT = [NUL, "", "   ", "\t", "line\nbreak", "\x1b[31mred", "x" * 5000, "\u202eevil", "\ud800"]
+
+
+@pytest.mark.parametrize("zone", [*HOSTILE_TEXT, "Mars/Olympus_Mons", "../../../../etc/passwd", "/etc/localtime",
+                                  "UTC\x00", "Europe//Paris", "europe/paris", "+08:00", "EST5EDT ", "null",
+                                  "123", "[\"UTC\"]", "{\"zone\": \"UTC\"}"])
+def test_tenant_time_zone_that_is_no_iana_name_fails_and_writes_nothing(rekey: Any, nothing_written: Any,
+                                                                         zone: str) -> None:
+    with nothing_written():
+        code, out, err = rekey("tenant", "create", f"tz-{uuid.uuid4().hex[:8]}", "--setting", f"time_zone={zone}")
+    assert code == 2, (out, err)
+    if err.startswith("{"):
+        assert json.loads(err)["error"]["code"] == "validation_error"
+
+
+@pytest.mark.parametrize("option", [
+    *[("--external-id", bad) for bad in HOSTILE_TEXT],
+    *[("--federated", bad) for bad in ("no-colon", ":subject", "https://idp.example:", ":", *HOSTILE_TEXT)],
+    *[("--federated", f"https://idp.example:{bad}") for bad in HOSTILE_TEXT if bad],
+    *[("--email", bad) for bad in ("\u0430na@corp.example", "ana@", "@corp.example", "ana@corp", *HOSTILE_TEXT)],
+])
+def test_agent_options_that_name_nothing_fail_and_write_nothing(rekey: Any, world: World, nothing_written: Any,
+                                                               option: tuple[str, str]) -> None:
+    name, value = option
+    args = {"--email": f"agent-{uuid.uuid4().hex[:8]}@staff.example", name: value}
+    with nothing_written():
+        code, out, err = rekey("agent", "create", "--tenant", world.a.tenant.slug, "--role", "support_agent",
+                               *[part for pair in args.items() for part in pair])
+    assert code == 2, (out, err)
+    if err.startswith("{"):
+        assert json.loads(err)["error"]["code"] == "validation_error"
+
+
+def test_agent_federated_subject_of_another_agent_is_a_conflict(rekey: Any, world: World,
+                                                                nothing_written: Any) -> None:
+    link = f"https://login.corp.example:00u{uuid.uuid4().hex[:8]}"
+    first = rekey("agent", "create", "--tenant", world.a.tenant.slug, "--role", "support_agent",
+                  "--email", f"a-{uuid.uuid4().hex[:8]}@staff.example", "--federated", link)
+    assert first[0] == 0, first
+    with nothing_written():
+        code, _, err = rekey("agent", "create", "--tenant", world.a.tenant.slug, "--role", "support_agent",
+                             "--email", f"b-{uuid.uuid4().hex[:8]}@staff.example", "--federated", link)
+    assert code == 2 and json.loads(err)["error"]["code"] == "conflict"

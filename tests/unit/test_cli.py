@@ -156,3 +156,30 @@ def test_tenant_create_with_a_bad_setting_fails_and_creates_nothing(app, rekey, 
     assert made.exit_code == 2
     with app.app_context():
         assert db.session.scalars(db.select(Tenant).where(Tenant.slug == slug)).first() is None
+
+
+def test_agent_create_links_the_agents_own_accounts(app, client, factory, rekey):
+    """Issue 8, item 8: an agent created with their employee id and federated subject cannot
+    act on the recovery of the user account that carries either."""
+    from tests.casework import open_case
+
+    tenant = factory.tenant()
+    made = rekey("agent", "create", "--tenant", tenant.slug, "--email", "ana.admin@staff.example",
+                 "--role", "support_agent", "--external-id", "E-1001",
+                 "--federated", "https://login.corp.example:00u1ana", "--json")
+    assert made.exit_code == 0, made.output
+    headers = {"Authorization": f"Bearer {json.loads(made.output)['token']}"}
+    by_id = open_case(factory, client, tenant=tenant, email="ana@home.example")
+    with app.app_context():
+        from app.accounts.models import User
+
+        db.session.get(User, by_id.user.id).external_id = "E-1001"
+        db.session.commit()
+    by_subject = open_case(factory, client, tenant=tenant, email="ana@other.example",
+                           federated=[("https://login.corp.example", "00u1ana", None)])
+
+    for opened in (by_id, by_subject):
+        r = client.post(f"/v1/admin/cases/{opened.case_id}/evidence", headers=headers,
+                        json={"type": "video_call", "reason": "video call",
+                              "details": {"result": "match", "matched_against": "hr_photo", "reference": "V-1"}})
+        assert r.status_code == 403 and r.json["error"]["code"] == "own_account", r.json
