@@ -30,7 +30,7 @@ from app.jobs.services import claim_effect, enqueue
 from app.recovery import models as m
 from app.recovery.evidence import accepted_types, evidence_sufficient
 from app.recovery.models import CaseAction, Evidence, RecoveryCase, VerificationCall
-from app.recovery.notify import announce, create_link
+from app.recovery.notify import announce
 from app.recovery.pending import pending_actions
 from app.recovery.risk import unusual_activity
 from app.recovery.state import case_user, ensure_reason, load_case, move, refuse, require
@@ -101,13 +101,11 @@ def _schedule_or_queue(actor: Actor, case: RecoveryCase, row: CaseAction) -> Non
     hours = float(tenant.setting("reset_cooldown_hours") or 0)
     if row.action == "force_mfa_reset" and hours > 0:
         row.status, row.execute_after = "scheduled", utcnow() + timedelta(hours=hours)
-        cancel = create_link(case, "cancel", ttl=timedelta(hours=hours))
-        row.options = {**row.options, "cancel_link_id": str(cancel.id)}
         record_event(actor, AuditAction.RECOVERY_RESET_SCHEDULED, tenant_id=case.tenant_id,
                      target_user_id=case.user_id, case_id=case.id, reason=row.reason,
                      details={"action_id": str(row.id), "execute_after": row.execute_after.isoformat(),
                               "cooldown_hours": hours})
-        announce(case, "reset.scheduled", cancel_link=cancel)
+        announce(case, "reset.scheduled", cancel_ttl=timedelta(hours=hours))
     else:
         _queue(actor, case, row)
 

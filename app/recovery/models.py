@@ -137,7 +137,8 @@ class CaseAction(db.Model):  # type: ignore[name-defined]
 
 class RecoveryLink(db.Model):  # type: ignore[name-defined]
     """A single-use link in a notification: `report` ("this wasn't me") or `cancel` (a
-    scheduled reset). Only a keyed digest of the token is stored."""
+    scheduled reset). Only the SHA-256 of its random token is kept; the token itself is sealed
+    (encrypted) until its notice is sent, then erased."""
 
     __tablename__ = "recovery_links"
 
@@ -146,6 +147,7 @@ class RecoveryLink(db.Model):  # type: ignore[name-defined]
     case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("recovery_cases.id"), index=True)
     purpose: Mapped[str] = mapped_column(String(16))
     digest: Mapped[str] = mapped_column(String(64), unique=True)
+    token_sealed: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

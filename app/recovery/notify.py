@@ -1,11 +1,11 @@
 """Telling the real user: every reset, code generation, password set, enrolment and suspension
 goes to every channel the user had before the case opened (never one added during it), with
-the time, the action, no secret, and a signed single-use "this wasn't me" link."""
+the time, the action, no secret, and a single-use "this wasn't me" link of its own."""
 
 from __future__ import annotations
 
 import hashlib
-import hmac
+import secrets
 import uuid
 from datetime import datetime, timedelta
 
@@ -16,6 +16,7 @@ from app.accounts.models import Channel
 from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
+from app.crypto import decrypt, encrypt
 from app.extensions import db, utcnow
 from app.jobs.services import claim_effect, enqueue
 from app.recovery.models import RecoveryCase, RecoveryLink
@@ -37,44 +38,41 @@ NOTICES = {
 }
 
 
-def _link_key() -> bytes:
-    return hashlib.sha256(b"rekey-links:" + current_app.config["SECRET_KEY"].encode()).digest()
-
-
-def link_token(link_id: uuid.UUID) -> str:
-    """The link's bearer token: its id and an HMAC of it, so no token is ever stored."""
-    mac = hmac.new(_link_key(), str(link_id).encode(), hashlib.sha256).hexdigest()
-    return f"{link_id.hex}.{mac}"
-
-
-def link_url(link: RecoveryLink) -> str:
-    base = current_app.extensions["rekey.settings"].public_url.rstrip("/")
-    return f"{base}/v1/recovery/{link.purpose}/{link_token(link.id)}"
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def create_link(case: RecoveryCase, purpose: str, *, ttl: timedelta = LINK_TTL) -> RecoveryLink:
+    """A single-use link: a random 256-bit token, of which only a SHA-256 is kept for good. The
+    token itself is sealed (encrypted) on the row only until its notice is sent, then erased:
+    a copy of the database never holds what a link needs (issue 8, item 9: the stored digest
+    used to be the token's own MAC half, so any backup could suspend a user or cancel a reset)."""
     link_id = uuid.uuid4()
+    token = f"{link_id.hex}.{secrets.token_hex(32)}"
     link = RecoveryLink(id=link_id, tenant_id=case.tenant_id, case_id=case.id, purpose=purpose,
-                        digest=link_token(link_id).split(".")[1], created_at=utcnow(),
+                        digest=_digest(token), token_sealed=encrypt(token), created_at=utcnow(),
                         expires_at=utcnow() + ttl)
     db.session.add(link)
     db.session.flush()
     return link
 
 
+def _link_url(case: RecoveryCase, link: RecoveryLink) -> tuple[str, RecoveryLink]:
+    """The URL of a link whose notice is being sent, and the link that carries it. A link whose
+    token is no longer sealed (one from before tokens were sealed) is replaced by a fresh one."""
+    if link.token_sealed is None:
+        link = create_link(case, link.purpose, ttl=max(link.expires_at - utcnow(), timedelta(0)))
+    base = current_app.extensions["rekey.settings"].public_url.rstrip("/")
+    return f"{base}/v1/recovery/{link.purpose}/{decrypt(link.token_sealed or '')}", link
+
+
 def redeem_link(token: str, purpose: str) -> RecoveryLink | None:
     """The live link this token names (locked), or None for any invalid, used or expired token."""
-    if not token.isascii():
-        # A real token is hex; `compare_digest` raises on non-ASCII text (a 500, not a 404).
+    if not token.isascii() or len(token) > 200:
         return None
-    link_hex, _, mac = token.partition(".")
-    try:
-        link_id = uuid.UUID(hex=link_hex)
-    except ValueError:
-        return None
-    if not hmac.compare_digest(link_token(link_id), f"{link_hex}.{mac}"):
-        return None
-    link = db.session.scalars(select(RecoveryLink).where(RecoveryLink.id == link_id).with_for_update()).first()
+    # Found by the token's hash alone: an unknown id and a wrong secret look the same.
+    link = db.session.scalars(select(RecoveryLink).where(
+        RecoveryLink.digest == _digest(token)).with_for_update()).first()
     if link is None or link.purpose != purpose or link.used_at is not None or link.expires_at <= utcnow():
         return None
     link.used_at = utcnow()
@@ -90,14 +88,16 @@ def channels_before(case: RecoveryCase) -> list[Channel]:
     ).order_by(Channel.added_at)).all())
 
 
-def announce(case: RecoveryCase, event: str, *, cancel_link: RecoveryLink | None = None) -> int:
-    """Queue one notice per pre-existing channel (each its own idempotent task)."""
-    report = create_link(case, "report")
+def announce(case: RecoveryCase, event: str, *, cancel_ttl: timedelta | None = None) -> int:
+    """Queue one notice per pre-existing channel (each its own idempotent task), each with its
+    own "this wasn't me" link and, with `cancel_ttl`, its own link cancelling a scheduled reset."""
     channels = channels_before(case)
     for channel in channels:
+        report = create_link(case, "report")
+        cancel = create_link(case, "cancel", ttl=cancel_ttl) if cancel_ttl else None
         enqueue("rekey.recovery.notify_channel", case_id=str(case.id), event=event,
                 channel_id=str(channel.id), report_link_id=str(report.id),
-                cancel_link_id=str(cancel_link.id) if cancel_link else None)
+                cancel_link_id=str(cancel.id) if cancel else None)
     return len(channels)
 
 
@@ -115,15 +115,22 @@ def deliver_notice(case_id: uuid.UUID, event: str, channel_id: uuid.UUID, report
         return False
     when = utcnow().strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"{when}: {NOTICES[event]}"]
-    if cancel_link_id:
-        cancel = db.session.get(RecoveryLink, cancel_link_id)
-        if cancel is not None:
-            lines.append(f"If you did not ask for this, cancel it before {_fmt(cancel.expires_at)}: "
-                         f"{link_url(cancel)}")
-    lines.append(f"If this wasn't you, report it (no sign-in needed): {link_url(report)}")
+    sent_links = []
+    cancel = db.session.get(RecoveryLink, cancel_link_id) if cancel_link_id else None
+    if cancel is not None:
+        url, cancel = _link_url(case, cancel)
+        sent_links.append(cancel)
+        lines.append(f"If you did not ask for this, cancel it before {_fmt(cancel.expires_at)}: {url}")
+    url, report = _link_url(case, report)
+    sent_links.append(report)
+    lines.append(f"If this wasn't you, report it (no sign-in needed): {url}")
     lines.append(f"Reference: case {case.id}. This action is recorded in the audit log.")
     send(channel.kind, channel.value, subject="Security notice about your account", body="\n".join(lines),
          key=f"notice:{case_id}:{event}:{report_link_id}:{channel_id}")
+    for link in sent_links:
+        # Delivered: from now on only the user holds the token. A retry after a lost commit
+        # finds it still sealed and sends the very same message again.
+        link.token_sealed = None
     record_event(Actor.system(case.tenant_id), AuditAction.USER_NOTIFIED, tenant_id=case.tenant_id,
                  target_user_id=case.user_id, case_id=case.id,
                  details={"event": event, "channel_id": str(channel.id), "channel_kind": channel.kind})

@@ -1,10 +1,12 @@
 """limits, links, agents, time zone: agents' external ids and federated subjects (own-account
-check)
+check); recovery links keep only a SHA-256 of their token (the token sealed until sent)
 
 Revision ID: 0005_limits
 Revises: 0004
 Create Date: 2026-12-01
 """
+import hashlib
+
 from alembic import op
 import sqlalchemy as sa
 
@@ -34,8 +36,25 @@ def upgrade() -> None:
     with op.batch_alter_table('agent_identities', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_agent_identities_agent_id'), ['agent_id'], unique=False)
 
+    with op.batch_alter_table('recovery_links', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('token_sealed', sa.Text(), nullable=True))
+    # A link's token used to be `<id hex>.<digest>`, the digest stored as is: whoever read the
+    # table could build the link. Keep only the SHA-256 of each such token: links already sent
+    # still work, and the table no longer holds what builds them.
+    links = sa.table('recovery_links', sa.column('id', sa.Uuid()), sa.column('digest', sa.String(64)))
+    conn = op.get_bind()
+    for link_id, digest in conn.execute(sa.select(links.c.id, links.c.digest)).all():
+        token = f"{link_id.hex}.{digest}"
+        conn.execute(links.update().where(links.c.id == link_id)
+                     .values(digest=hashlib.sha256(token.encode()).hexdigest()))
+
 
 def downgrade() -> None:
+    # The old tokens cannot be rebuilt from their hashes: after a downgrade, earlier links no
+    # longer work.
+    with op.batch_alter_table('recovery_links', schema=None) as batch_op:
+        batch_op.drop_column('token_sealed')
+
     with op.batch_alter_table('agent_identities', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_agent_identities_agent_id'))
 
