@@ -49,6 +49,7 @@ class AuditAction(StrEnum):
     RECOVERY_EVIDENCE_REJECTED = "recovery.evidence_rejected"
     RECOVERY_VERIFICATION_CALL_PLACED = "recovery.verification_call_placed"
     RECOVERY_VERIFICATION_CALL_FAILED = "recovery.verification_call_failed"
+    RECOVERY_VERIFICATION_CALL_LIMITED = "recovery.verification_call_limited"
     RECOVERY_VERIFIED = "recovery.verified"
     RECOVERY_VERIFICATION_CODE_REJECTED = "recovery.verification_code_rejected"
     RECOVERY_SENIOR_ADMINS_NOTIFIED = "recovery.senior_admins_notified"

@@ -25,6 +25,7 @@ from app.errors import NotFound, RuleRefused
 from app.extensions import db, utcnow
 from app.jobs.services import enqueue
 from app.recovery import models as m
+from app.recovery.limits import check_verification_limits
 from app.recovery.models import Evidence, RecoveryCase, VerificationCall
 from app.recovery.state import ensure_reason, load_case, move, require
 from app.tenants.models import Tenant
@@ -219,6 +220,7 @@ def place_verification_call(actor: Actor, case_id: uuid.UUID | str, *, channel_i
             "This number was added on or after the day the case opened; it could be the attacker's.",
             details={"channel_id": str(channel.id), "added_at": channel.added_at.isoformat(),
                      "case_day_started_at": day_started.isoformat()})
+    check_verification_limits(actor, case)
     # A new call supersedes any earlier pending one, so only one code is live at a time.
     db.session.execute(update(VerificationCall).where(
         VerificationCall.case_id == case.id, VerificationCall.status.in_(("pending", "sent"))

@@ -89,6 +89,11 @@ class VerificationCall(db.Model):  # type: ignore[name-defined]
     ticket). The code is kept encrypted only until it is sent, and as a keyed digest to check."""
 
     __tablename__ = "verification_calls"
+    __table_args__ = (
+        # The hourly limits count calls per tenant and per agent (app/recovery/limits.py).
+        Index("ix_verification_calls_tenant_created", "tenant_id", "created_at"),
+        Index("ix_verification_calls_tenant_placed_by", "tenant_id", "placed_by", "created_at"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))

@@ -64,7 +64,9 @@ def add_evidence(body: dict[str, Any], case_id: str) -> Any:
 @agent_required()
 @blp.doc(responses=error_responses({
     404: NO_CASE + " Or no such phone channel on the case's user.", 409: WRONG_STATE,
-    422: "The number was added on or after the day the case opened."}))
+    422: "The number was added on or after the day the case opened (on the tenant's clock).",
+    429: "Too many verification calls this hour for the case, the agent or the tenant (`details.scope`); "
+         "no code was sent, the refusal is audited; `Retry-After` says when a call can go out."}))
 @blp.arguments(VerificationCallIn)
 @blp.response(202, VerificationCallOut)
 def place_call(body: dict[str, Any], case_id: str) -> Any:

@@ -1,5 +1,6 @@
 """limits, links, agents, time zone: agents' external ids and federated subjects (own-account
-check); recovery links keep only a SHA-256 of their token (the token sealed until sent)
+check); recovery links keep only a SHA-256 of their token (the token sealed until sent);
+indexes for the hourly verification-call limits
 
 Revision ID: 0005_limits
 Revises: 0004
@@ -49,7 +50,17 @@ def upgrade() -> None:
                      .values(digest=hashlib.sha256(token.encode()).hexdigest()))
 
 
+    with op.batch_alter_table('verification_calls', schema=None) as batch_op:
+        batch_op.create_index('ix_verification_calls_tenant_created', ['tenant_id', 'created_at'], unique=False)
+        batch_op.create_index('ix_verification_calls_tenant_placed_by', ['tenant_id', 'placed_by', 'created_at'],
+                              unique=False)
+
+
 def downgrade() -> None:
+    with op.batch_alter_table('verification_calls', schema=None) as batch_op:
+        batch_op.drop_index('ix_verification_calls_tenant_placed_by')
+        batch_op.drop_index('ix_verification_calls_tenant_created')
+
     # The old tokens cannot be rebuilt from their hashes: after a downgrade, earlier links no
     # longer work.
     with op.batch_alter_table('recovery_links', schema=None) as batch_op:

@@ -52,7 +52,9 @@ the database and the audit trail:
 (d) the tenant's hash chain verifies (`verify_chain`);
 (e) cases only hold DESIGN.md's states and only move along `ALLOWED_FROM` (each move is seen
     as it commits); a resumed case goes back to where it was, and after a suspected attack to
-    `awaiting_verification`.
+    `awaiting_verification`;
+(f) no case is sent more verification codes in an hour than the tenant's per-case limit (3);
+    a call over a limit is a 429 with its refusal audited.
 
 Each example builds a fresh tenant (tenants isolate). The budget is bounded and the seed fixed,
 so CI reruns give the same verdict; REKEY_PROPERTY_EXAMPLES and REKEY_PROPERTY_SEED widen or
@@ -83,7 +85,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 from sqlalchemy import inspect as sa_inspect
 
 from app.extensions import db
@@ -528,9 +530,20 @@ class RecoveryMachine(RuleBasedStateMachine):
         channel = phones.get("new" if new_phone else "old", phones["old"])
         r = self.call("POST", f"/v1/admin/cases/{case.id}/verification-calls", who=who, case=case,
                       json={"channel_id": channel, "method": "voice" if voice else "sms"},
-                      audit=Audit("recovery.verification_call_placed"))
+                      audit=Audit("recovery.verification_call_placed"),
+                      refusals=frozenset({"recovery.verification_call_limited"}),
+                      refusal_needs={"verification_limit": "recovery.verification_call_limited"})
         if r.status_code == 202:
             case.call_id = r.get_json()["id"]
+            # (f) SMS pumping: no case is sent more codes in an hour than its limit (issue 8, item 10).
+            assert self.calls_placed(case.id) <= 3, f"(f) more than 3 verification calls on case {case.id}"
+
+    def calls_placed(self, case_id: str) -> int:
+        from app.recovery.models import VerificationCall
+
+        with self.app.app_context():
+            return db.session.scalar(select(func.count()).select_from(VerificationCall).where(
+                VerificationCall.case_id == uuid.UUID(case_id))) or 0
 
     def _code_sent(self, call_id: str) -> str | None:
         for message in self.messages():
