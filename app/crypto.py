@@ -33,12 +33,16 @@ def encrypt(plaintext: str) -> str:
     return _fernet().encrypt(plaintext.encode()).decode()
 
 
+class UnreadableCiphertext(RuntimeError):
+    """No configured key opens this ciphertext (its key was removed from the rotation)."""
+
+
 def decrypt(ciphertext: str) -> str:
     """Decrypt with any configured key (old keys stay readable during rotation)."""
     try:
         return _fernet().decrypt(ciphertext.encode()).decode()
     except InvalidToken as exc:
-        raise RuntimeError("ciphertext not readable with the configured keys") from exc
+        raise UnreadableCiphertext("ciphertext not readable with the configured keys") from exc
 
 
 def rotate(ciphertext: str) -> str:

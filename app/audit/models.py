@@ -57,6 +57,7 @@ class AuditAction(StrEnum):
     RECOVERY_ACTION_APPROVED = "recovery.action_approved"
     RECOVERY_ACTION_QUEUED = "recovery.action_queued"
     RECOVERY_ACTION_CANCELLED = "recovery.action_cancelled"
+    RECOVERY_SECRET_DELIVERY_FAILED = "recovery.secret_delivery_failed"
     RECOVERY_RESET_SCHEDULED = "recovery.reset_scheduled"
     RECOVERY_RECOVERED = "recovery.recovered"
     RECOVERY_FOLLOW_UP_REQUESTED = "recovery.follow_up_requested"

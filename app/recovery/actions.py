@@ -23,10 +23,10 @@ from app.accounts.services import backup_codes_remaining, revoke_sessions
 from app.actor import Actor
 from app.audit.models import AuditAction, AuditEvent
 from app.audit.services import record_event
-from app.crypto import decrypt, encrypt, hash_password
+from app.crypto import UnreadableCiphertext, decrypt, encrypt, hash_password
 from app.errors import Conflict, Forbidden, RuleRefused
 from app.extensions import db, rows_changed, utcnow
-from app.jobs.services import claim_effect, enqueue
+from app.jobs.services import claim_effect, enqueue, record_dead_letter
 from app.recovery import models as m
 from app.recovery.evidence import accepted_types, evidence_sufficient
 from app.recovery.models import CaseAction, Evidence, RecoveryCase, VerificationCall
@@ -35,6 +35,7 @@ from app.recovery.pending import pending_actions
 from app.recovery.risk import unusual_activity
 from app.recovery.state import case_user, ensure_reason, load_case, move, refuse, require
 from app.tenants.models import Tenant
+from integrations.base import PermanentDeliveryError
 
 TEMP_PASSWORD_LENGTH = 20
 TEMP_PASSWORD_TTL = timedelta(hours=24)
@@ -89,7 +90,7 @@ def _new_action(actor: Actor, case: RecoveryCase, action: str, reason: str, stat
 
 
 def _queue(actor: Actor, case: RecoveryCase, row: CaseAction) -> None:
-    row.status = "queued"
+    row.status, row.queued_at = "queued", utcnow()
     record_event(actor, AuditAction.RECOVERY_ACTION_QUEUED, tenant_id=case.tenant_id, target_user_id=case.user_id,
                  case_id=case.id, reason=row.reason, details={"action_id": str(row.id), "action": row.action})
     enqueue("rekey.recovery.execute_action", action_id=str(row.id))
@@ -288,6 +289,7 @@ def _seal_for_delivery(row: CaseAction, secret: list[str] | str) -> None:
     hold a password or codes that do not work. Generate once, store, then deliver as often as
     it takes."""
     row.options = {**row.options, "sealed": encrypt(json.dumps(secret))}
+    row.delivery_state = "pending"
     enqueue("rekey.recovery.deliver_secret", action_id=str(row.id))
 
 
@@ -301,7 +303,8 @@ def _delivery_text(action: str, secret: list[str] | str) -> str:
 
 def deliver_secret(action_id: uuid.UUID) -> bool:
     """Text the secret a done action generated to the phone verified in its case, then forget it.
-    A second run (retry, redelivery) sends the same secret under the same key, or nothing."""
+    A second run (retry, redelivery) sends the same secret under the same key, or nothing; a
+    channel that refuses it for good ends the attempts (`_delivery_failed`)."""
     from app.accounts.models import Channel
     from app.messaging import send
 
@@ -310,14 +313,36 @@ def deliver_secret(action_id: uuid.UUID) -> bool:
         return False
     case = db.session.get(RecoveryCase, row.case_id)
     assert case is not None
-    channel = db.session.get(Channel, verified_phone_channel(case))
-    if channel is None:
-        raise NoVerifiedChannel("The verified phone is gone.")
-    secret = json.loads(decrypt(row.options["sealed"]))
-    send("phone", channel.value, subject="Account recovery", body=_delivery_text(row.action, secret),
-         key=f"action:{row.id}", method="sms")
+    try:
+        channel_id = verified_phone_channel(case)
+        channel = db.session.get(Channel, channel_id) if channel_id else None
+        if channel is None:
+            raise NoVerifiedChannel("The verified phone is gone.")
+        secret = json.loads(decrypt(row.options["sealed"]))
+        send("phone", channel.value, subject="Account recovery", body=_delivery_text(row.action, secret),
+             key=f"action:{row.id}", method="sms")
+    except (PermanentDeliveryError, NoVerifiedChannel, UnreadableCiphertext) as exc:
+        _delivery_failed(case, row, exc)
+        return False
     row.options = {k: v for k, v in row.options.items() if k != "sealed"}
+    row.delivery_state = "sent"
     return True
+
+
+def _delivery_failed(case: RecoveryCase, row: CaseAction, exc: Exception) -> None:
+    """A secret that can never go out as things stand (the number refused it for good, no
+    verified phone, a key gone): stop trying, and say why where people look. The sweep re-queued
+    such a delivery every five minutes, each time into a new dead letter. The secret stays sealed
+    so that `rekey dlq retry` sends it once the cause is fixed."""
+    row.delivery_state = "failed"
+    what = "backup codes" if row.action == "generate_backup_codes" else "temporary password"
+    record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_SECRET_DELIVERY_FAILED,
+                 tenant_id=case.tenant_id, target_user_id=case.user_id, case_id=case.id,
+                 reason=f"The {what} could not be texted to the verified phone and were not sent: "
+                        f"{type(exc).__name__}. Fix the cause, then replay the dead letter (rekey dlq retry).",
+                 details={"action_id": str(row.id), "action": row.action, "error": type(exc).__name__,
+                          "message": str(exc)[:200]})
+    record_dead_letter("rekey.recovery.deliver_secret", {"action_id": str(row.id)}, None, exc, 0)
 
 
 def _do_backup_codes(actor: Actor, case: RecoveryCase, user: User, row: CaseAction) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 
@@ -112,7 +113,7 @@ def run_due_scheduled(limit: int = 100) -> int:
         stmt = stmt.with_for_update(skip_locked=True)
     rows = db.session.scalars(stmt).all()
     for row in rows:
-        row.status = "queued"
+        row.status, row.queued_at = "queued", utcnow()
         enqueue("rekey.recovery.execute_action", action_id=str(row.id))
     return len(rows)
 
@@ -124,27 +125,30 @@ def requeue_stalled(limit: int = 200) -> int:
     """Beat: queue again the work whose task vanished. A worker whose main process is killed
     leaves its unacknowledged message invisible in Redis for the whole visibility timeout (an
     hour); every task here is idempotent (state checks and effect keys), so a second copy is
-    harmless and the user does not wait an hour."""
-    cutoff = utcnow() - STALLED_AFTER
+    harmless and the user does not wait an hour.
+
+    Each query asks for exactly the stalled work, oldest first, so what waited longest goes
+    first and a busy history never hides it: reading any done action and filtering in Python
+    past a limit of 200 could miss a stalled delivery for good. A delivery that failed for good
+    (`delivery_state = 'failed'`) is not stalled: it waits for `rekey dlq retry`."""
+    now = utcnow()
+    cutoff = now - STALLED_AFTER
+    work: list[tuple[str, str, Any]] = [
+        ("rekey.recovery.execute_action", "action_id", select(CaseAction.id).where(
+            CaseAction.status == "queued", CaseAction.queued_at < cutoff).order_by(CaseAction.queued_at)),
+        ("rekey.recovery.deliver_secret", "action_id", select(CaseAction.id).where(
+            CaseAction.delivery_state == "pending", CaseAction.done_at < cutoff).order_by(CaseAction.done_at)),
+        ("rekey.recovery.screen_case", "case_id", select(RecoveryCase.id).where(
+            RecoveryCase.state == m.RECEIVED, RecoveryCase.opened_at < cutoff).order_by(RecoveryCase.opened_at)),
+        ("rekey.recovery.send_verification_code", "call_id", select(VerificationCall.id).where(
+            VerificationCall.status == "pending", VerificationCall.created_at < now - timedelta(minutes=1),
+            VerificationCall.expires_at > now).order_by(VerificationCall.created_at)),
+    ]
     queued = 0
-    for row in db.session.scalars(select(CaseAction).where(
-            CaseAction.status == "queued", CaseAction.created_at < cutoff).limit(limit)).all():
-        enqueue("rekey.recovery.execute_action", action_id=str(row.id))
-        queued += 1
-    for row in db.session.scalars(select(CaseAction).where(
-            CaseAction.status == "done", CaseAction.done_at < cutoff).limit(limit)).all():
-        if row.options.get("sealed"):
-            enqueue("rekey.recovery.deliver_secret", action_id=str(row.id))
+    for task, key, stmt in work:
+        for found in db.session.scalars(stmt.limit(limit)).all():
+            enqueue(task, **{key: str(found)})
             queued += 1
-    for case_id in db.session.scalars(select(RecoveryCase.id).where(
-            RecoveryCase.state == m.RECEIVED, RecoveryCase.opened_at < cutoff).limit(limit)).all():
-        enqueue("rekey.recovery.screen_case", case_id=str(case_id))
-        queued += 1
-    for call_id in db.session.scalars(select(VerificationCall.id).where(
-            VerificationCall.status == "pending", VerificationCall.created_at < utcnow() - timedelta(minutes=1),
-            VerificationCall.expires_at > utcnow()).limit(limit)).all():
-        enqueue("rekey.recovery.send_verification_code", call_id=str(call_id))
-        queued += 1
     return queued
 
 

@@ -120,7 +120,12 @@ class CaseAction(db.Model):  # type: ignore[name-defined]
     wait; `queued` runs; `done`, `cancelled` and `failed` are final."""
 
     __tablename__ = "case_actions"
-    __table_args__ = (Index("ix_case_actions_due", "status", "execute_after"),)
+    __table_args__ = (
+        Index("ix_case_actions_due", "status", "execute_after"),
+        # The stalled-work sweep reads exactly these, oldest first (closing.requeue_stalled).
+        Index("ix_case_actions_queued", "status", "queued_at"),
+        Index("ix_case_actions_delivery_state", "delivery_state", "done_at"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
@@ -137,7 +142,12 @@ class CaseAction(db.Model):  # type: ignore[name-defined]
     source_ip: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     execute_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When it last became `queued` (at once, after its approval, or when its cooldown ended).
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The secret it generated (codes, a temporary password): `pending` while sealed for its
+    # delivery task, `sent`, or `failed` when the channel refused it for good.
+    delivery_state: Mapped[str | None] = mapped_column(String(16))
 
 
 class RecoveryLink(db.Model):  # type: ignore[name-defined]

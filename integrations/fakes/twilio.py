@@ -24,6 +24,8 @@ class FakeTwilio(FakeServer):
         self.auth_token = auth_token
         self.messages: list[dict[str, str]] = []
         self.calls: list[dict[str, str]] = []
+        # Numbers that replied STOP: Twilio refuses every text to them for good (error 21610).
+        self.opted_out: set[str] = set()
 
     def handle(self, request: RecordedRequest) -> Answer:
         match = _PATH.match(request.path)
@@ -40,6 +42,9 @@ class FakeTwilio(FakeServer):
         if missing:
             return Answer(400, {"code": 21604 if not is_call else 21205,
                                 "message": f"missing {missing[0]}", "status": 400})
+        if not is_call and form["To"] in self.opted_out:
+            return Answer(400, {"code": 21610, "message": "Attempt to send to unsubscribed recipient",
+                                "more_info": "https://www.twilio.com/docs/errors/21610", "status": 400})
         # Every accepted request is a new message, even with a repeated idempotency token: the
         # worst case, as Twilio does not document deduplication on it.
         resource = {

@@ -1,6 +1,7 @@
 """limits, links, agents, time zone: agents' external ids and federated subjects (own-account
 check); recovery links keep only a SHA-256 of their token (the token sealed until sent);
-indexes for the hourly verification-call limits
+indexes for the hourly verification-call limits; when an action was queued and where its
+secret's delivery stands (the stalled-work sweep)
 
 Revision ID: 0005_limits
 Revises: 0004
@@ -55,8 +56,30 @@ def upgrade() -> None:
         batch_op.create_index('ix_verification_calls_tenant_placed_by', ['tenant_id', 'placed_by', 'created_at'],
                               unique=False)
 
+    # The stalled-work sweep asks for exactly what is stalled (issue 8, item 17).
+    with op.batch_alter_table('case_actions', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('queued_at', sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('delivery_state', sa.String(length=16), nullable=True))
+        batch_op.create_index('ix_case_actions_queued', ['status', 'queued_at'], unique=False)
+        batch_op.create_index('ix_case_actions_delivery_state', ['delivery_state', 'done_at'], unique=False)
+    actions = sa.table('case_actions', sa.column('id', sa.Uuid()), sa.column('status', sa.String(24)),
+                       sa.column('options', sa.JSON()), sa.column('created_at', sa.DateTime(timezone=True)),
+                       sa.column('queued_at', sa.DateTime(timezone=True)),
+                       sa.column('delivery_state', sa.String(16)))
+    conn.execute(actions.update().where(actions.c.status == 'queued').values(queued_at=actions.c.created_at))
+    for action_id, options in conn.execute(sa.select(actions.c.id, actions.c.options)
+                                           .where(actions.c.status == 'done')).all():
+        if (options or {}).get('sealed'):
+            conn.execute(actions.update().where(actions.c.id == action_id).values(delivery_state='pending'))
+
 
 def downgrade() -> None:
+    with op.batch_alter_table('case_actions', schema=None) as batch_op:
+        batch_op.drop_index('ix_case_actions_delivery_state')
+        batch_op.drop_index('ix_case_actions_queued')
+        batch_op.drop_column('delivery_state')
+        batch_op.drop_column('queued_at')
+
     with op.batch_alter_table('verification_calls', schema=None) as batch_op:
         batch_op.drop_index('ix_verification_calls_tenant_placed_by')
         batch_op.drop_index('ix_verification_calls_tenant_created')

@@ -85,7 +85,7 @@ def test_a_vanished_reset_task_is_queued_again_by_the_sweep(client, factory):
         # The message is lost: nothing runs it; and it has waited longer than the sweep's patience.
         factory._drained.update(db.session.scalars(select(OutboxMessage.id)).all())
         db.session.execute(update(CaseAction).where(CaseAction.id == r.json["action"]["id"])
-                           .values(created_at=utcnow() - timedelta(minutes=10)))
+                           .values(queued_at=utcnow() - timedelta(minutes=10)))
         db.session.commit()
         assert requeue_stalled() >= 1
         db.session.commit()
