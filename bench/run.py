@@ -12,6 +12,10 @@ What each ratio shows:
   own floor, both through the same WSGI client.
 - sign-in step 1 / one argon2 password verification: sign-in costs about one password hash
   (throttle queries and the audit row are small beside it).
+- verification-call limits / one primary-key SELECT: the advisory lock and the three indexed
+  window queries (tenant at 199 of its 200 an hour) cost a few round-trips.
+- stalled-work sweep with 10000 finished actions / the same sweep with none: about 1x, since
+  each query reads exactly the stalled work through its index, whatever the history.
 """
 
 from __future__ import annotations
@@ -153,7 +157,71 @@ def _run(app: Any, rounds: int) -> list[tuple[str, float, str, float]]:
 
     rows.append(("webhook intake, signed, new case", _median_seconds(intake, rounds), "GET /healthz, same client",
                  _median_seconds(lambda: client.get("/healthz"), rounds)))
+    rows.extend(_limits_and_sweep(app, factory, client, tenant, integration, secret, rounds))
     return rows
+
+
+def _limits_and_sweep(app: Any, factory: Any, client: Any, tenant: Any, integration: Any, secret: str,
+                      rounds: int) -> list[tuple[str, float, str, float]]:
+    """The hourly verification-call limits with the tenant one call below its 200, and the
+    stalled-work sweep over a long history of finished actions."""
+    from datetime import timedelta
+
+    from app.actor import Actor
+    from app.extensions import db, utcnow
+    from app.recovery.closing import requeue_stalled
+    from app.recovery.limits import check_verification_limits
+    from app.recovery.models import CaseAction, RecoveryCase, VerificationCall
+
+    user = factory.settled_user(tenant, password=None)
+    case_id = factory.request_recovery(client, integration, secret, user.email).get_json()["case_id"]
+    agent = factory.agent(tenant)
+    rows = []
+    with app.app_context():
+        case = db.session.get(RecoveryCase, uuid.UUID(case_id))
+        other = db.session.scalars(db.select(RecoveryCase.id).where(RecoveryCase.tenant_id == tenant.id,
+                                                                    RecoveryCase.id != case.id)).first()
+        now, phone = utcnow(), _phone(user.id)
+        db.session.add_all(VerificationCall(tenant_id=tenant.id, case_id=other, channel_id=phone, method="sms",
+                                            code_digest="0" * 64, placed_by="someone-else",
+                                            created_at=now - timedelta(minutes=i % 50), expires_at=now)
+                           for i in range(199))
+        db.session.commit()
+        actor = Actor(type="agent", id=str(agent.agent.id), tenant_id=tenant.id, role="support_agent")
+
+        def limits() -> None:
+            check_verification_limits(actor, case)  # passes: 199 of 200, the case and agent at 0
+            db.session.rollback()
+
+        def one_lookup() -> None:
+            db.session.get(RecoveryCase, case.id, populate_existing=True)
+            db.session.rollback()
+
+        rows.append(("verification-call limits (lock + 3 windows)", _median_seconds(limits, rounds),
+                     "one primary-key SELECT", _median_seconds(one_lookup, rounds)))
+
+        def sweep() -> None:
+            requeue_stalled()
+            db.session.rollback()
+
+        empty = _median_seconds(sweep, min(rounds, 50))
+        long_ago = now - timedelta(days=30)
+        for _ in range(10):
+            db.session.add_all(CaseAction(tenant_id=tenant.id, case_id=case.id, action="force_mfa_reset",
+                                          status="done", requested_by="history", reason="bench", options={},
+                                          created_at=long_ago, queued_at=long_ago, done_at=long_ago,
+                                          delivery_state="sent") for _ in range(1000))
+            db.session.commit()
+        rows.append(("stalled-work sweep, 10000 finished actions", _median_seconds(sweep, min(rounds, 50)),
+                     "the same sweep, no history", empty))
+    return rows
+
+
+def _phone(user_id: uuid.UUID) -> uuid.UUID:
+    from app.accounts.models import Channel
+    from app.extensions import db
+
+    return db.session.scalars(db.select(Channel.id).where(Channel.user_id == user_id, Channel.kind == "phone")).one()
 
 
 

@@ -124,14 +124,7 @@ class TestTenantDay:
         added_local = opened_local.replace(hour=7)  # the same local morning: the attacker's new SIM
         # The UTC days differ: that is what made the old rule count the phone as "before today".
         assert added_local.astimezone(UTC).date() < opened_local.astimezone(UTC).date()
-        tenant = factory.tenant(time_zone=zone, recent_channel_change_days=0)
-        user = factory.settled_user(tenant, password=None, phones=[(PHONE, added_local.astimezone(UTC))])
-        opened = _opened_at(app, open_case(factory, client, tenant=tenant, user=user),
-                            opened_local.astimezone(UTC))
-        agent = factory.agent(tenant)
-
-        detail = client.get(f"/v1/admin/cases/{opened.case_id}", headers=agent.headers).json
-        r = _place(client, agent, opened.case_id, _channel(app, user.id))
+        opened, _, detail, r = _call_on_a_local_day(app, client, factory, zone, opened_local, added_local)
 
         assert detail["callable_channels"] == []
         assert r.status_code == 422, r.json
@@ -143,17 +136,21 @@ class TestTenantDay:
     def test_phone_added_the_local_evening_before_can_be_called(self, app, client, factory, zone, opened_hour):
         opened_local = _last_local(zone, opened_hour)
         added_local = (opened_local - timedelta(days=1)).replace(hour=23)
-        tenant = factory.tenant(time_zone=zone, recent_channel_change_days=0)
-        user = factory.settled_user(tenant, password=None, phones=[(PHONE, added_local.astimezone(UTC))])
-        opened = _opened_at(app, open_case(factory, client, tenant=tenant, user=user),
-                            opened_local.astimezone(UTC))
-        agent = factory.agent(tenant)
+        opened, _, detail, r = _call_on_a_local_day(app, client, factory, zone, opened_local, added_local)
 
-        detail = client.get(f"/v1/admin/cases/{opened.case_id}", headers=agent.headers).json
-        r = _place(client, agent, opened.case_id, _channel(app, user.id))
-
-        assert [c["id"] for c in detail["callable_channels"]] == [_channel(app, user.id)]
+        assert [c["id"] for c in detail["callable_channels"]] == [_channel(app, opened.user.id)]
         assert r.status_code == 202, r.json
+
+
+def _call_on_a_local_day(app, client, factory, zone, opened_local, added_local):
+    """A case of a tenant in `zone`, opened at `opened_local`, for a user whose phone was added at
+    `added_local`: the case as the agent sees it, and the answer to a call to that phone."""
+    tenant = factory.tenant(time_zone=zone, recent_channel_change_days=0)
+    user = factory.settled_user(tenant, password=None, phones=[(PHONE, added_local.astimezone(UTC))])
+    opened = _opened_at(app, open_case(factory, client, tenant=tenant, user=user), opened_local.astimezone(UTC))
+    agent = factory.agent(tenant)
+    detail = client.get(f"/v1/admin/cases/{opened.case_id}", headers=agent.headers).json
+    return opened, agent, detail, _place(client, agent, opened.case_id, _channel(app, user.id))
 
 
 def _opened_at(app, opened, moment):
