@@ -227,7 +227,9 @@ def describe_user(actor: Actor, user_id: uuid.UUID | str) -> dict[str, Any]:
         },
         "factors": [
             {"id": f.id, "kind": f.kind, "status": f.status, "created_at": f.created_at,
-             "activated_at": f.activated_at, "removed_at": f.removed_at}
+             "activated_at": f.activated_at, "removed_at": f.removed_at,
+             "label": f.credential.label if f.credential else None,
+             "last_used_at": f.credential.last_used_at if f.credential else None}
             for f in user.factors if f.status != "pending"
         ],
         "backup_codes": {"remaining": remaining, "label": f"{remaining} remaining"},
