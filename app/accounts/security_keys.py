@@ -41,6 +41,7 @@ from webauthn.helpers.structs import (
 from app.accounts.hooks import recovery
 from app.accounts.mfa import record_enrolment
 from app.accounts.models import MfaFactor, User, WebAuthnChallenge, WebAuthnCredential
+from app.accounts.services import require_live_session
 from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
@@ -220,8 +221,10 @@ def register_key(actor: Actor, user: User, session_id: uuid.UUID, credential: di
     """Verify the browser's answer to this session's registration options and add the key;
     records `mfa.factor_enrolled` and, during a recovery, closes the case's loop."""
     rp = relying_party()
-    # Lock order: the recovery case first, as every enrolment and the reset task take it.
+    # Lock order: the recovery case first, as every enrolment and the reset task take it. A
+    # reset that committed while this request waited revoked the session: it enrols nothing.
     case_id = recovery().lock_case_for_enrolment(user)
+    require_live_session(session_id)
     challenge = _claim_challenge("registration", session_id=session_id)
     try:
         verified = verify_registration_response(

@@ -192,6 +192,14 @@ def authenticate_session(token: str, *, restricted_ok: bool) -> UserSession:
     return session
 
 
+def require_live_session(session_id: uuid.UUID) -> None:
+    """Read the session again (past any lock just taken): revoked or expired meanwhile is a 401."""
+    session = db.session.scalars(select(UserSession).where(UserSession.id == session_id)
+                                 .execution_options(populate_existing=True)).first()
+    if session is None or session.revoked_at is not None or session.expires_at <= utcnow():
+        raise Unauthenticated("The session is not valid.")
+
+
 def revoke_sessions(user_id: uuid.UUID, *, except_id: uuid.UUID | None = None) -> int:
     """Revoke every live session of the user (but `except_id`); returns how many."""
     stmt = update(UserSession).where(UserSession.user_id == user_id, UserSession.revoked_at.is_(None))
