@@ -21,12 +21,12 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, func, select, text
 
 from app.accounts import security_keys
 from app.accounts.hooks import recovery
 from app.accounts.mfa import consume_backup_code, consume_totp, is_spent_totp
-from app.accounts.models import PasswordIdentity, PendingSignin, SigninAttempt, User
+from app.accounts.models import PasswordIdentity, PendingSignin, SigninAttempt, User, WebAuthnChallenge
 from app.accounts.services import (
     active_factors,
     backup_codes_remaining,
@@ -39,7 +39,7 @@ from app.audit.models import AuditAction
 from app.audit.services import record_event
 from app.crypto import new_token, token_digest, verify_password
 from app.errors import Forbidden, RateLimited, Unauthenticated, ValidationFailed
-from app.extensions import db, utcnow
+from app.extensions import db, rows_changed, utcnow
 from app.tenants.models import Tenant
 
 # A pending sign-in lives as long as a WebAuthn challenge, and a few wrong codes end it (each
@@ -359,3 +359,14 @@ def complete_sign_in_with_key(tenant: Tenant, actor: Actor, *, pending_token: st
     pending.used_at = utcnow()
     return _open(tenant, pending.email, user, identity, actor, "webauthn", two_step=True,
                  factor_id=str(factor.id), user_verified=user_verified)
+
+
+PURGE_AFTER = timedelta(hours=1)
+
+
+def purge_expired() -> int:
+    """Forget pending sign-ins and WebAuthn challenges an hour past their expiry (the attempts
+    and the audit trail keep what happened); how many rows went."""
+    cutoff = utcnow() - PURGE_AFTER
+    gone = rows_changed(delete(WebAuthnChallenge).where(WebAuthnChallenge.expires_at < cutoff))
+    return gone + rows_changed(delete(PendingSignin).where(PendingSignin.expires_at < cutoff))

@@ -438,3 +438,25 @@ class TestSecondStepWithAKey:
                            ("webauthn/verify", {"pending_token": "rk_pend_made_up", "credential": key.get(options)})):
             r = signin_step(client, tenant, path, body)
             assert r.status_code == 401 and r.json["error"]["code"] == "signin_expired"
+
+
+class TestHousekeeping:
+    def test_expired_pending_sign_ins_and_challenges_are_purged_and_live_ones_kept(self, app, client, factory):
+        tenant, user, key = _with_key(app, client, factory)
+        old = _pending(client, tenant, user)
+        signin_step(client, tenant, "webauthn/options", {"pending_token": old})
+        with app.app_context():
+            long_ago = utcnow() - timedelta(hours=2)
+            for model in (PendingSignin, WebAuthnChallenge):
+                db.session.execute(update(model).where(model.user_id == user.id).values(expires_at=long_ago))
+            db.session.commit()
+        live = _pending(client, tenant, user)
+        purge = app.extensions["celery"].tasks["rekey.accounts.purge_signins"]
+
+        assert purge() == 3  # the old sign-in, its challenge, the registration's challenge
+        assert purge() == 0  # safe to run twice
+
+        with app.app_context():
+            assert db.session.scalars(select(PendingSignin.id).where(PendingSignin.user_id == user.id)).all() != []
+        assert signin_step(client, tenant, "webauthn/options", {"pending_token": old}).status_code == 401
+        assert signin_with_key(client, tenant, live, key).status_code == 200
