@@ -4,7 +4,8 @@ user's list of keys, and the assertion a sign-in's second step verifies.
 The relying party is the host of REKEY_PUBLIC_URL and the only origin accepted is that URL's.
 Every ceremony's challenge lives here, server side: 256 random bits, single use (claimed before
 the answer is checked, so a failed answer burns it too), bound to the session or the pending
-sign-in that asked for it, and dead after five minutes (SECURITY-CHECKLIST R20).
+sign-in that asked for it (one per ceremony: asking again replaces it), and dead after five
+minutes (SECURITY-CHECKLIST R20).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import select
 from webauthn import (
     generate_authentication_options,
     generate_registration_options,
@@ -126,15 +127,16 @@ def _binding(ceremony: str, session_id: uuid.UUID | None, pending_id: uuid.UUID 
 
 def _issue_challenge(user: User, ceremony: str, *, session_id: uuid.UUID | None = None,
                      pending_id: uuid.UUID | None = None) -> bytes:
-    now = utcnow()
-    # One live challenge per ceremony and binding: asking again retires the one before.
-    db.session.execute(update(WebAuthnChallenge).where(
-        *_binding(ceremony, session_id, pending_id), WebAuthnChallenge.used_at.is_(None)
-    ).values(used_at=now).execution_options(synchronize_session=False))
-    challenge = secrets.token_bytes(32)
-    db.session.add(WebAuthnChallenge(tenant_id=user.tenant_id, user_id=user.id, ceremony=ceremony,
-                                     session_id=session_id, pending_signin_id=pending_id,
-                                     challenge=challenge, created_at=now, expires_at=now + CHALLENGE_TTL))
+    now, challenge = utcnow(), secrets.token_bytes(32)
+    # One challenge per ceremony and binding: asking again replaces it (the earlier one is dead),
+    # so a client asking in a loop rewrites one row instead of filling a table.
+    row = db.session.scalars(select(WebAuthnChallenge).where(*_binding(ceremony, session_id, pending_id))
+                             .order_by(WebAuthnChallenge.created_at.desc()).with_for_update()).first()
+    if row is None:
+        row = WebAuthnChallenge(tenant_id=user.tenant_id, user_id=user.id, ceremony=ceremony,
+                                session_id=session_id, pending_signin_id=pending_id)
+        db.session.add(row)
+    row.challenge, row.created_at, row.expires_at, row.used_at = challenge, now, now + CHALLENGE_TTL, None
     db.session.flush()
     return challenge
 

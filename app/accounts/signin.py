@@ -344,6 +344,7 @@ def key_options(tenant: Tenant, actor: Actor, *, pending_token: str) -> dict[str
     pending = _pending(tenant, pending_token)
     user = db.session.get(User, pending.user_id)
     assert user is not None
+    _guard(tenant, pending.email, user, actor, "webauthn")  # a locked account gets no challenge
     return security_keys.assertion_options(user, pending.id)
 
 

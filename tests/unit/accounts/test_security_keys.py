@@ -186,18 +186,18 @@ class TestRegistration:
         assert r.status_code == 422 and r.json["error"]["code"] == "challenge_expired", r.json
         assert _keys(app, user) == []
 
-    def test_asking_again_retires_the_earlier_challenge(self, app, client, person):
+    def test_asking_again_replaces_the_earlier_challenge_in_one_row(self, app, client, person):
         _, user, token = person
         first = _options(client, token)
-        _options(client, token)
+        for _ in range(20):  # a client asking in a loop rewrites one row, it fills no table
+            _options(client, token)
 
         r = _confirm(client, token, SoftKey().create(first))
 
         assert r.status_code == 422 and r.json["error"]["details"] == {"problem": "challenge"}
         with app.app_context():
-            live = db.session.scalars(select(WebAuthnChallenge).where(
-                WebAuthnChallenge.user_id == user.id, WebAuthnChallenge.used_at.is_(None))).all()
-        assert live == []
+            rows = db.session.scalars(select(WebAuthnChallenge).where(WebAuthnChallenge.user_id == user.id)).all()
+        assert [row.used_at is not None for row in rows] == [True]
 
     @pytest.mark.parametrize("tamper", [
         lambda c: c["response"].update(attestationObject="AAAA"),

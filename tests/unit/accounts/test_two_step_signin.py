@@ -420,6 +420,20 @@ class TestSecondStepWithAKey:
 
         assert r.status_code == 429 and r.json["error"]["code"] == "account_locked"
 
+    def test_a_locked_account_gets_no_key_options(self, app, client, factory, tune):
+        tune(signin_max_failures=2)
+        tenant, user, key = _with_key(app, client, factory)
+        pending = _pending(client, tenant, user)
+        for _ in range(2):
+            signin_password(client, tenant, user.email, WRONG)
+
+        r = signin_step(client, tenant, "webauthn/options", {"pending_token": pending})
+
+        assert r.status_code == 429 and r.json["error"]["code"] == "account_locked"
+        with app.app_context():
+            assert db.session.scalars(select(WebAuthnChallenge).where(
+                WebAuthnChallenge.pending_signin_id.is_not(None), WebAuthnChallenge.user_id == user.id)).all() == []
+
     def test_key_options_for_an_account_without_keys_is_422(self, app, client, factory, totp_clock):
         tenant = factory.tenant()
         user = factory.user(tenant)
