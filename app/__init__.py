@@ -17,7 +17,8 @@ from app.web import init_api, install_request_lifecycle
 
 
 class InsecureConfiguration(RuntimeError):
-    """Production mode with a development secret: refusing to start."""
+    """Production mode with a development secret or a public URL browsers cannot trust:
+    refusing to start."""
 
 
 def configure_logging(level: str) -> None:
@@ -42,6 +43,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         raise InsecureConfiguration(
             "REKEY_ENV=production but these still hold development values: "
             + ", ".join(settings.development_secrets_in_use())
+        )
+    if settings.is_production and settings.public_url_problem():
+        # Links in notices and the WebAuthn relying party both hang on it: plain http would
+        # let a network attacker rewrite a "this wasn't me" page, and an IP host has no RP id.
+        raise InsecureConfiguration(
+            f"REKEY_ENV=production but REKEY_PUBLIC_URL {settings.public_url_problem()}: "
+            "set it to the https:// URL (with a host name) users reach Rekey at"
         )
     configure_logging(settings.log_level)
     app = Flask(__name__)

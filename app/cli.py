@@ -412,7 +412,7 @@ def dlq_retry(dead_letter_id: str, as_json: bool) -> None:
 @main.command("demo")
 @click.option("--url", default=None,
               help="The service `rekey run` started (default: REKEY_PUBLIC_URL, else "
-                   "http://REKEY_HOST:REKEY_PORT, i.e. http://127.0.0.1:5000).")
+                   "http://REKEY_HOST:REKEY_PORT, i.e. http://localhost:5000).")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=1),
               help="Seconds to wait for each step the worker carries out.")
 @click.option("--json", "as_json", is_flag=True, help="One machine-readable summary instead of the story.")

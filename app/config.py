@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 # Development-only secrets. `create_app` refuses to start in production while any is in use,
 # so a forgotten variable can never ship a publicly known key.
@@ -22,6 +24,26 @@ def _env(name: str, default: str) -> str:
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     return int(raw) if raw not in (None, "") else default
+
+
+def url_host_problem(url: str) -> str | None:
+    """What keeps `url` from naming a web origin by a host name, or None. WebAuthn needs one:
+    the relying-party id is the host, and an IP address can never be a relying-party id."""
+    parts = urlsplit(url)
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018  (a port that is not a number raises here)
+    except ValueError:
+        return "is not a URL"
+    if parts.scheme not in ("http", "https") or not host:
+        return "is not an http(s) URL with a host"
+    if parts.username is not None or parts.password is not None:
+        return "carries credentials"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return "has an IP address for its host; WebAuthn needs a host name (e.g. localhost)"
 
 
 @dataclass(frozen=True)
@@ -43,7 +65,9 @@ class Settings:
     )
     # Pepper for the non-secret lookup prefix of backup codes and for token digests.
     code_pepper: str = field(default_factory=lambda: _env("REKEY_CODE_PEPPER", DEV_CODE_PEPPER))
-    public_url: str = field(default_factory=lambda: _env("REKEY_PUBLIC_URL", "http://127.0.0.1:5000"))
+    # Where users and links reach Rekey; its host is the WebAuthn relying-party id, so a
+    # development URL names `localhost`, never 127.0.0.1 (an IP cannot be a relying party).
+    public_url: str = field(default_factory=lambda: _env("REKEY_PUBLIC_URL", "http://localhost:5000"))
     max_body_bytes: int = field(default_factory=lambda: _int("REKEY_MAX_BODY_BYTES", 256 * 1024))
     log_level: str = field(default_factory=lambda: _env("REKEY_LOG_LEVEL", "INFO"))
     trusted_proxies: int = field(default_factory=lambda: _int("REKEY_TRUSTED_PROXIES", 0))
@@ -106,6 +130,13 @@ class Settings:
             found += [name for name, kind in (("REKEY_PHONE_CHANNEL", self.phone_channel),
                                               ("REKEY_EMAIL_CHANNEL", self.email_channel)) if kind == "dev"]
         return found
+
+    def public_url_problem(self) -> str | None:
+        """Why REKEY_PUBLIC_URL cannot serve production (https and a host name), or None."""
+        problem = url_host_problem(self.public_url)
+        if problem is None and urlsplit(self.public_url).scheme != "https":
+            problem = "is not https"
+        return problem
 
     def flask_config(self) -> dict[str, object]:
         # hide_parameters: a database error's text (logged, kept in a dead letter) never carries

@@ -269,7 +269,9 @@ def child_commands(settings: Settings, instance_dir: Path) -> dict[str, list[str
 
 
 def display_url(host: str, port: int) -> str:
-    shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104
+    """The URL a browser on this machine opens. A loopback or any-address bind is shown (and
+    becomes REKEY_PUBLIC_URL) as `localhost`: WebAuthn's relying-party id must be a host name."""
+    shown = "localhost" if host in ("0.0.0.0", "", "::", "127.0.0.1") else host  # noqa: S104
     return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
 
 

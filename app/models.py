@@ -7,10 +7,13 @@ from app.accounts.models import (  # noqa: F401
     MfaFactor,
     Note,
     PasswordIdentity,
+    PendingSignin,
     RememberedDevice,
     SigninAttempt,
     User,
     UserSession,
+    WebAuthnChallenge,
+    WebAuthnCredential,
 )
 from app.audit.models import AuditEvent, AuditHead  # noqa: F401
 from app.intake.models import Integration, WebhookDelivery  # noqa: F401

@@ -78,6 +78,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "run-scheduled-resets": {"task": "rekey.recovery.run_scheduled", "schedule": 60.0},
             "requeue-stalled": {"task": "rekey.recovery.requeue_stalled", "schedule": 300.0},
             "purge-deliveries": {"task": "rekey.intake.purge_deliveries", "schedule": 3600.0},
+            "purge-signins": {"task": "rekey.accounts.purge_signins", "schedule": 3600.0},
         },
         "timezone": "UTC",
     }
@@ -138,7 +139,8 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     celery.config_from_object(celery_config(settings))
     celery.set_default()
     app.extensions["celery"] = celery
-    import tasks.audit  # noqa: F401  (registers the shared tasks)
+    import tasks.accounts  # noqa: F401  (registers the shared tasks)
+    import tasks.audit  # noqa: F401
     import tasks.outbox  # noqa: F401
     import tasks.recovery  # noqa: F401
 

@@ -99,3 +99,39 @@ def attempts(app: Any, tenant_id: uuid.UUID) -> list[SigninAttempt]:
         ).all()
         db.session.expunge_all()
         return list(rows)
+
+
+# --- security keys and the two-step sign-in ---------------------------------------------------
+
+
+def register_key(client: Any, token: str, key: Any, *, label: str | None = None, **answer: Any) -> Any:
+    """Ask for registration options in the session and answer them with the software `key`
+    (`answer` tampers: origin=, rp_id=, challenge=, kind=)."""
+    r = client.post("/v1/auth/enrol/webauthn", headers=bearer(token))
+    assert r.status_code == 200, r.json
+    body: dict[str, Any] = {"credential": key.create(r.json["options"], **answer)}
+    if label is not None:
+        body["label"] = label
+    return client.post("/v1/auth/enrol/webauthn/confirm", json=body, headers=bearer(token))
+
+
+def signin_password(client: Any, tenant: Any, email: str, password: str = PASSWORD, *,
+                    ip: str = "198.51.100.7") -> Any:
+    """The two-step sign-in's password step."""
+    return client.post("/v1/auth/signin/password", json={"email": email, "password": password},
+                       headers={TENANT_HEADER: tenant.slug}, environ_base={"REMOTE_ADDR": ip})
+
+
+def signin_step(client: Any, tenant: Any, path: str, body: dict[str, Any], *, ip: str = "198.51.100.7") -> Any:
+    """POST one of the second steps (`second-factor`, `webauthn/options`, `webauthn/verify`)."""
+    return client.post(f"/v1/auth/signin/{path}", json=body, headers={TENANT_HEADER: tenant.slug},
+                       environ_base={"REMOTE_ADDR": ip})
+
+
+def signin_with_key(client: Any, tenant: Any, pending: str, key: Any, *, ip: str = "198.51.100.7",
+                    **answer: Any) -> Any:
+    """Ask for the pending sign-in's request options and answer them with `key`."""
+    r = signin_step(client, tenant, "webauthn/options", {"pending_token": pending}, ip=ip)
+    assert r.status_code == 200, r.json
+    return signin_step(client, tenant, "webauthn/verify",
+                       {"pending_token": pending, "credential": key.get(r.json["options"], **answer)}, ip=ip)

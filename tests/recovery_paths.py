@@ -17,6 +17,7 @@ from tests.recovery_steps import (
     JIRA_ISSUE,
     NEW_PASSWORD,
     OTHER_PHONE,
+    TENANT_HEADER,
     ZENDESK_TICKET,
     World,
     act,
@@ -398,3 +399,56 @@ def path_report_not_me(world: World) -> str:
     assert world.client.post(report).status_code == 404
     return case_id
 
+
+
+# --- runbook step 4 with a security key --------------------------------------------------------------
+
+
+def path_force_reset_security_key(world: World) -> str:
+    """The user lost their phone (TOTP) and their security key: the reset removes both with
+    everything else, the user registers a new key in the recovery session, which recovers the
+    case exactly as a TOTP enrolment does; then the new key signs in, the lost one does not."""
+    from tests.authenticator import SoftKey
+    from tests.flows import register_key, signin_password, signin_with_key
+
+    c = cast(world)
+    lost = SoftKey()
+    session = open_session(world, c.user)
+    assert register_key(world.client, session, lost, label="Old key").status_code == 201
+    case_id = verified_case(world, c)
+    r = act(world, case_id, "force_mfa_reset", c.agent, reason=RESET_REASON)
+    assert r.status_code == 200, r.json
+    world.settle(lambda: state(world, case_id, c.agent) == "awaiting_enrolment", "the reset carried out")
+    row = expect_one_audit(world, c, "mfa.factor_admin_reset", case_id, c.agent, RESET_REASON)
+    assert (row.details["factors_removed"], row.details["security_keys_removed"]) == (2, 1), row.details
+    assert user_row(world, c.user)["factors"] == [("totp", "removed"), ("webauthn", "removed")]
+    assert world.client.get("/v1/auth/security-keys", headers=bearer(session)).status_code == 401
+
+    r = signin_password(world.client, c.tenant, c.user.email)  # the password alone: enrolment only
+    assert r.status_code == 200 and r.json["status"] == "enrolment_required", r.json
+    token = r.json["token"]
+    assert_restricted(world, token)
+    new = SoftKey()
+    r = register_key(world.client, token, new, label="New key")
+    assert r.status_code == 201, r.json
+    world.settle(lambda: state(world, case_id, c.agent) == "closed", f"case {case_id} closed")
+    timeline = [t["action"] for t in case(world, case_id, c.agent)["timeline"]]
+    assert timeline.index("mfa.factor_enrolled") < timeline.index("recovery.recovered") < timeline.index(
+        "recovery.closed"), timeline
+    (enrolled,) = audit(world, c.tenant, "mfa.factor_enrolled", case_id)
+    assert (enrolled.details["kind"], enrolled.details["factor_id"]) == ("webauthn", r.json["id"])
+    expect_notices(world, case_id, "mfa.factor_enrolled", c.user)
+
+    r = signin_password(world.client, c.tenant, c.user.email)
+    assert r.json["methods"] == ["webauthn"], r.json
+    done = signin_with_key(world.client, c.tenant, r.json["pending_token"], new)
+    assert done.json["status"] == "ok", done.json
+    pending = signin_password(world.client, c.tenant, c.user.email).json["pending_token"]
+    # Bearer secrets of the two-step sign-in: never in an audit row, a task, a log.
+    world.handed_out.extend([session, token, r.json["pending_token"], done.json["token"], pending])
+    options = world.client.post("/v1/auth/signin/webauthn/options", json={"pending_token": pending},
+                                headers={TENANT_HEADER: c.tenant.slug}).json["options"]
+    r = world.client.post("/v1/auth/signin/webauthn/verify", headers={TENANT_HEADER: c.tenant.slug},
+                          json={"pending_token": pending, "credential": lost.get({**options, "allowCredentials": []})})
+    assert r.status_code == 401, r.json  # whoever holds the lost key cannot use it
+    return case_id

@@ -70,6 +70,8 @@ def _matching_step(secret: str, code: str, *, at: float | None = None) -> int | 
 def consume_totp(factor: MfaFactor, code: str) -> bool:
     """Accept the code once: the matching time step must be later than any accepted before,
     claimed by an atomic compare-and-set so two concurrent uses cannot both pass."""
+    if factor.secret_encrypted is None:  # not a TOTP factor
+        return False
     step = _matching_step(decrypt(factor.secret_encrypted), code)
     if step is None:
         return False
@@ -87,6 +89,8 @@ def consume_totp(factor: MfaFactor, code: str) -> bool:
 def is_spent_totp(factor: MfaFactor, code: str) -> bool:
     """True when the code is right for the factor but its time step was already accepted: a
     replay (or the loser of a concurrent race), worth recording apart from a typo."""
+    if factor.secret_encrypted is None:
+        return False
     step = _matching_step(decrypt(factor.secret_encrypted), code)
     if step is None:
         return False
@@ -115,12 +119,19 @@ def confirm_totp_enrolment(actor: Actor, user: User, code: str) -> MfaFactor:
         raise InvalidFactorCode("The code is not valid.")
     factor.status, factor.activated_at, factor.enrolled_ip = "active", utcnow(), actor.ip
     db.session.flush()
+    record_enrolment(actor, user, factor, case_id)
+    return factor
+
+
+def record_enrolment(actor: Actor, user: User, factor: MfaFactor, case_id: uuid.UUID | None,
+                     **details: object) -> None:
+    """Record `mfa.factor_enrolled` for a newly active factor and, when it completes a recovery
+    case (locked first by `lock_case_for_enrolment`), close that case's loop."""
     # Runbook step 4 "closes the loop": the enrolment is recorded against the recovery case.
     record_event(actor, AuditAction.FACTOR_ENROLLED, tenant_id=user.tenant_id, target_user_id=user.id,
-                 case_id=case_id, details={"factor_id": str(factor.id), "kind": factor.kind})
+                 case_id=case_id, details={"factor_id": str(factor.id), "kind": factor.kind, **details})
     if case_id is not None:
         recovery().factor_enrolled(case_id, user, actor)
-    return factor
 
 
 # --- backup codes ---------------------------------------------------------------------------

@@ -3,10 +3,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.extensions import UTCDateTime, db, new_id, utcnow
+from app.extensions import JSONType, UTCDateTime, db, new_id, utcnow
 
 
 class User(db.Model):  # type: ignore[name-defined]
@@ -76,7 +76,8 @@ class Channel(db.Model):  # type: ignore[name-defined]
 
 
 class MfaFactor(db.Model):  # type: ignore[name-defined]
-    """An authenticator. Never deleted: a reset marks it removed, so the history of what was
+    """An authenticator: `totp`, or `webauthn` (a security key, its credential in
+    `WebAuthnCredential`). Never deleted: a reset marks it removed, so the history of what was
     bound, when, and when it was invalidated survives (NIST 800-63B §4.1)."""
 
     __tablename__ = "mfa_factors"
@@ -85,7 +86,7 @@ class MfaFactor(db.Model):  # type: ignore[name-defined]
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
     kind: Mapped[str] = mapped_column(String(16), default="totp")
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|active|removed
-    secret_encrypted: Mapped[str] = mapped_column(String(500))
+    secret_encrypted: Mapped[str | None] = mapped_column(String(500))  # TOTP only
     # Highest TOTP time step accepted: a code is valid once (compare-and-set on this column).
     last_used_step: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -94,6 +95,69 @@ class MfaFactor(db.Model):  # type: ignore[name-defined]
     removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     user: Mapped[User] = relationship(back_populates="factors")
+    credential: Mapped[WebAuthnCredential | None] = relationship(back_populates="factor", uselist=False)
+
+
+class WebAuthnCredential(db.Model):  # type: ignore[name-defined]
+    """What a security key proved at registration, for its `webauthn` factor (whose row holds
+    the key's life: created, removed). The public key is not secret; the private key never
+    leaves the authenticator."""
+
+    __tablename__ = "webauthn_credentials"
+
+    factor_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("mfa_factors.id"), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    # WebAuthn allows up to 1023 bytes; unique across tenants, as every RP must keep it.
+    credential_id: Mapped[bytes] = mapped_column(LargeBinary(1023), unique=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)  # COSE_Key
+    # The authenticator's signature counter: a value that does not grow betrays a clone.
+    sign_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    transports: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    aaguid: Mapped[str] = mapped_column(String(36))  # the authenticator model (zeros: not told)
+    label: Mapped[str] = mapped_column(String(64))
+    user_verified: Mapped[bool] = mapped_column(Boolean, default=False)  # at registration
+    backed_up: Mapped[bool] = mapped_column(Boolean, default=False)  # a synced passkey
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    factor: Mapped[MfaFactor] = relationship(back_populates="credential")
+
+
+class PendingSignin(db.Model):  # type: ignore[name-defined]
+    """A sign-in whose password step passed and whose second factor is still owed. Only a
+    digest of its token is kept; it works once, for a few minutes, for this user and tenant."""
+
+    __tablename__ = "pending_signins"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    email: Mapped[str] = mapped_column(String(320))  # as tried: the lockout counts by it
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebAuthnChallenge(db.Model):  # type: ignore[name-defined]
+    """One WebAuthn ceremony's challenge: single use, short-lived, and bound to what asked for
+    it: the user's session (registration) or the pending sign-in (authentication)."""
+
+    __tablename__ = "webauthn_challenges"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    ceremony: Mapped[str] = mapped_column(String(16))  # registration | authentication
+    session_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("user_sessions.id"), index=True)
+    pending_signin_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("pending_signins.id", ondelete="CASCADE"), index=True)
+    challenge: Mapped[bytes] = mapped_column(LargeBinary(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class BackupCode(db.Model):  # type: ignore[name-defined]
@@ -131,7 +195,7 @@ class SigninAttempt(db.Model):  # type: ignore[name-defined]
     # succeeded | mfa_required | bad_password | bad_factor | locked | suspended | unknown_user |
     # throttled (per IP) | busy (another attempt for the account in flight)
     result: Mapped[str] = mapped_column(String(32))
-    method: Mapped[str] = mapped_column(String(16))  # password | totp | backup_code
+    method: Mapped[str] = mapped_column(String(16))  # password | totp | backup_code | webauthn
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -181,6 +181,14 @@ def authenticate_session(token: str, *, restricted_ok: bool) -> UserSession:
     return session
 
 
+def require_live_session(session_id: uuid.UUID) -> None:
+    """Read the session again (past any lock just taken): revoked or expired meanwhile is a 401."""
+    session = db.session.scalars(select(UserSession).where(UserSession.id == session_id)
+                                 .execution_options(populate_existing=True)).first()
+    if session is None or session.revoked_at is not None or session.expires_at <= utcnow():
+        raise Unauthenticated("The session is not valid.")
+
+
 def revoke_sessions(user_id: uuid.UUID, *, except_id: uuid.UUID | None = None) -> int:
     """Revoke every live session of the user (but `except_id`); returns how many."""
     stmt = update(UserSession).where(UserSession.user_id == user_id, UserSession.revoked_at.is_(None))
@@ -216,7 +224,9 @@ def describe_user(actor: Actor, user_id: uuid.UUID | str) -> dict[str, Any]:
         },
         "factors": [
             {"id": f.id, "kind": f.kind, "status": f.status, "created_at": f.created_at,
-             "activated_at": f.activated_at, "removed_at": f.removed_at}
+             "activated_at": f.activated_at, "removed_at": f.removed_at,
+             "label": f.credential.label if f.credential else None,
+             "last_used_at": f.credential.last_used_at if f.credential else None}
             for f in user.factors if f.status != "pending"
         ],
         "backup_codes": {"remaining": remaining, "label": f"{remaining} remaining"},

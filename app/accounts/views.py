@@ -6,22 +6,31 @@ from typing import Any
 
 from flask import g, request
 
-from app.accounts import mfa
+from app.accounts import mfa, security_keys
+from app.accounts import signin as steps
 from app.accounts.schemas import (
     BackupCodesOut,
     CodeIn,
     FactorOut,
+    KeyAssertionIn,
+    KeyLabelIn,
+    KeyRegistrationIn,
     NoteIn,
     NoteOut,
     PasswordChangeIn,
+    PasswordStepIn,
+    PasswordStepOut,
+    PendingIn,
+    SecondFactorIn,
+    SecurityKeyOut,
     SigninIn,
     SigninOut,
     StatusOut,
     TotpEnrolmentOut,
     UserDetailOut,
+    WebAuthnOptionsOut,
 )
 from app.accounts.services import active_factors, add_note, backup_codes_remaining, describe_user, get_user
-from app.accounts.signin import sign_in
 from app.errors import Forbidden, NotFound, Unauthenticated
 from app.extensions import db
 from app.tenants.models import Tenant
@@ -53,21 +62,72 @@ def _tenant_from_header() -> Tenant:
                               code="invalid_credentials") from exc
 
 
+TENANT_PARAM = {"in": "header", "name": TENANT_HEADER, "required": True, "schema": {"type": "string"},
+                "description": "The tenant's slug, set by the tenant's own sign-in front end."}
+SIGNIN_ERRORS = {
+    401: "The email, password or code is not correct (the same answer for an unknown account or tenant).",
+    403: "The account is suspended.",
+    429: "Too many failed sign-ins for the account or from the address (see Retry-After)."}
+STEP_ERRORS = {
+    **SIGNIN_ERRORS,
+    401: "The code or key is not correct, or the pending sign-in expired, was used or belongs "
+         "elsewhere (`signin_expired`: start again with the password).",
+    422: "The account has no security key, or security keys are unavailable on this server."}
+
+
 @auth.route("/signin", methods=["POST"])
-@auth.doc(
-    parameters=[{"in": "header", "name": TENANT_HEADER, "required": True, "schema": {"type": "string"},
-                 "description": "The tenant's slug, set by the tenant's own sign-in front end."}],
-    responses=error_responses({
-        401: "The email, password or code is not correct (the same answer for an unknown account "
-             "or tenant).",
-        403: "The account is suspended.",
-        429: "Too many failed sign-ins for the account or from the address (see Retry-After)."}))
+@auth.doc(parameters=[TENANT_PARAM], responses=error_responses(SIGNIN_ERRORS))
 @auth.arguments(SigninIn)
 @auth.response(200, SigninOut)
 def signin(body: dict[str, Any]) -> Any:
     """Sign in with email + password + (TOTP code or backup code)."""
     tenant = _tenant_from_header()
-    result = sign_in(tenant, anonymous_actor(tenant.id), **body)
+    result = steps.sign_in(tenant, anonymous_actor(tenant.id), **body)
+    return {"status": result.status, "token": result.token}
+
+
+@auth.route("/signin/password", methods=["POST"])
+@auth.doc(parameters=[TENANT_PARAM], responses=error_responses(SIGNIN_ERRORS))
+@auth.arguments(PasswordStepIn)
+@auth.response(200, PasswordStepOut)
+def signin_password(body: dict[str, Any]) -> Any:
+    """Two-step sign-in, step 1: the password; a session, or a pending sign-in and its methods."""
+    tenant = _tenant_from_header()
+    result = steps.begin_sign_in(tenant, anonymous_actor(tenant.id), **body)
+    return {"status": result.status, "token": result.token, "pending_token": result.pending_token,
+            "methods": list(result.methods), "expires_in": result.expires_in}
+
+
+@auth.route("/signin/second-factor", methods=["POST"])
+@auth.doc(parameters=[TENANT_PARAM], responses=error_responses(STEP_ERRORS))
+@auth.arguments(SecondFactorIn)
+@auth.response(200, SigninOut)
+def signin_second_factor(body: dict[str, Any]) -> Any:
+    """Two-step sign-in, step 2: a TOTP code or a backup code."""
+    tenant = _tenant_from_header()
+    result = steps.complete_sign_in(tenant, anonymous_actor(tenant.id), **body)
+    return {"status": result.status, "token": result.token}
+
+
+@auth.route("/signin/webauthn/options", methods=["POST"])
+@auth.doc(parameters=[TENANT_PARAM], responses=error_responses(STEP_ERRORS))
+@auth.arguments(PendingIn)
+@auth.response(200, WebAuthnOptionsOut)
+def signin_key_options(body: dict[str, Any]) -> Any:
+    """Two-step sign-in, step 2 with a security key: the request options (a new challenge)."""
+    tenant = _tenant_from_header()
+    options = steps.key_options(tenant, anonymous_actor(tenant.id), **body)
+    return {"options": options, "expires_in": int(security_keys.CHALLENGE_TTL.total_seconds())}
+
+
+@auth.route("/signin/webauthn/verify", methods=["POST"])
+@auth.doc(parameters=[TENANT_PARAM], responses=error_responses(STEP_ERRORS))
+@auth.arguments(KeyAssertionIn)
+@auth.response(200, SigninOut)
+def signin_key_verify(body: dict[str, Any]) -> Any:
+    """Two-step sign-in, step 2 with a security key: the browser's assertion."""
+    tenant = _tenant_from_header()
+    result = steps.complete_sign_in_with_key(tenant, anonymous_actor(tenant.id), **body)
     return {"status": result.status, "token": result.token}
 
 
@@ -95,6 +155,59 @@ def enrol_totp() -> Any:
 def confirm_totp(body: dict[str, Any]) -> Any:
     """Activate the pending TOTP factor with its first code."""
     return mfa.confirm_totp_enrolment(current_actor(), _user(), body["code"])
+
+
+@auth.route("/enrol/webauthn", methods=["POST"])
+@session_required(restricted_ok=True)
+@auth.doc(responses=error_responses({422: "Security keys are unavailable: REKEY_PUBLIC_URL has no host name."}))
+@auth.response(200, WebAuthnOptionsOut)
+def enrol_webauthn() -> Any:
+    """Start registering a security key: the creation options, bound to this session."""
+    options = security_keys.registration_options(_user(), g.user_session.id)
+    return {"options": options, "expires_in": int(security_keys.CHALLENGE_TTL.total_seconds())}
+
+
+@auth.route("/enrol/webauthn/confirm", methods=["POST"])
+@session_required(restricted_ok=True)
+@auth.doc(responses=error_responses({
+    409: "This key is already registered.",
+    422: "The key's answer was refused (see details.problem), or its challenge was used, expired or "
+         "asked for by another session."}))
+@auth.arguments(KeyRegistrationIn)
+@auth.response(201, SecurityKeyOut)
+def confirm_webauthn(body: dict[str, Any]) -> Any:
+    """Register the security key from the browser's answer to this session's options."""
+    factor = security_keys.register_key(current_actor(), _user(), g.user_session.id, body["credential"],
+                                        label=body.get("label"))
+    return security_keys.describe_key(factor)
+
+
+@auth.route("/security-keys", methods=["GET"])
+@session_required(restricted_ok=False)
+@auth.response(200, SecurityKeyOut(many=True))
+def list_security_keys() -> Any:
+    """The signed-in user's security keys."""
+    return [security_keys.describe_key(k.factor) for k in security_keys.active_keys(_user())]
+
+
+@auth.route("/security-keys/<key_id>", methods=["PATCH"])
+@session_required(restricted_ok=False)
+@auth.doc(responses=error_responses({404: "No such key of yours."}))
+@auth.arguments(KeyLabelIn)
+@auth.response(200, SecurityKeyOut)
+def rename_security_key(body: dict[str, Any], key_id: str) -> Any:
+    """Rename one of your security keys."""
+    return security_keys.describe_key(security_keys.rename_key(current_actor(), _user(), key_id, body["label"]))
+
+
+@auth.route("/security-keys/<key_id>", methods=["DELETE"])
+@session_required(restricted_ok=False)
+@auth.doc(responses=error_responses({404: "No such key of yours.", 422: "It is your last factor."}))
+@auth.response(204)
+def remove_security_key(key_id: str) -> Any:
+    """Remove one of your security keys (never your last factor)."""
+    security_keys.remove_key(current_actor(), _user(), key_id)
+    return ""
 
 
 @auth.route("/backup-codes", methods=["POST"])

@@ -23,6 +23,10 @@ class AuditAction(StrEnum):
     ACCOUNT_LOCKED = "auth.account_locked"
     FACTOR_ENROLLED = "mfa.factor_enrolled"
     FACTOR_ADMIN_RESET = "mfa.factor_admin_reset"
+    FACTOR_REMOVED = "mfa.factor_removed"
+    FACTOR_RENAMED = "mfa.factor_renamed"
+    # A security key's signature counter did not grow: two authenticators hold one key.
+    KEY_CLONE_SUSPECTED = "mfa.key_clone_suspected"
     TOTP_REPLAY_REFUSED = "mfa.totp_replay_refused"
     BACKUP_CODES_GENERATED = "mfa.backup_codes_generated"
     BACKUP_CODE_USED = "mfa.backup_code_used"

@@ -253,12 +253,14 @@ def execute_action(action_id: uuid.UUID) -> CaseAction | None:
 
 
 def reset_factors(user: User) -> dict[str, int]:
-    """One atomic reset: factors, unused backup codes, sessions and remembered devices, in the
-    caller's transaction. Nothing is deleted; each row records when it was invalidated."""
+    """One atomic reset: factors (TOTP and security keys), unused backup codes, sessions and
+    remembered devices, in the caller's transaction. Nothing is deleted; each row records when
+    it was invalidated (a key's credential is unusable once its factor is removed)."""
     now = utcnow()
-    factors = rows_changed(update(MfaFactor).where(
+    kinds = db.session.scalars(update(MfaFactor).where(
         MfaFactor.user_id == user.id, MfaFactor.status.in_(("active", "pending"))
-    ).values(status="removed", removed_at=now).execution_options(synchronize_session=False))
+    ).values(status="removed", removed_at=now).returning(MfaFactor.kind)
+        .execution_options(synchronize_session=False)).all()
     codes = rows_changed(update(BackupCode).where(
         BackupCode.user_id == user.id, BackupCode.used_at.is_(None), BackupCode.revoked_at.is_(None)
     ).values(revoked_at=now).execution_options(synchronize_session=False))
@@ -267,7 +269,8 @@ def reset_factors(user: User) -> dict[str, int]:
     ).values(revoked_at=now).execution_options(synchronize_session=False))
     sessions = revoke_sessions(user.id)
     db.session.expire(user)
-    return {"factors_removed": factors or 0, "backup_codes_revoked": codes or 0,
+    return {"factors_removed": len(kinds), "security_keys_removed": kinds.count("webauthn"),
+            "backup_codes_revoked": codes or 0,
             "sessions_revoked": sessions, "devices_forgotten": devices or 0}
 
 

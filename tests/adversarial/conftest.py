@@ -16,7 +16,9 @@ from sqlalchemy import Table, or_, select
 
 from app.extensions import db
 from app.tenants.models import Tenant
+from tests.authenticator import SoftKey
 from tests.factories import PASSWORD, AgentLogin, RecoveryFactory
+from tests.flows import register_key
 from tests.signing import body_of, standard_headers
 
 TENANT_HEADER = "X-Rekey-Tenant"
@@ -41,6 +43,7 @@ class Side:
     channel_id: str = ""
     evidence_ids: list[str] = field(default_factory=list)
     note_id: str = ""
+    key_id: str = ""  # the user's security key (a factor of kind webauthn)
 
     @property
     def user_id(self) -> str:
@@ -62,7 +65,7 @@ class Side:
     def id_strings(self) -> set[str]:
         """Every id of this tenant an answer to another tenant must never contain."""
         values = {str(v) for group in self.ids().values() for v in group}
-        values |= {self.case_id, self.call_id, self.channel_id, self.note_id, *self.evidence_ids}
+        values |= {self.case_id, self.call_id, self.channel_id, self.note_id, self.key_id, *self.evidence_ids}
         return {v for v in values if v} | {self.user.email}
 
 
@@ -90,9 +93,9 @@ def _full_session(app: Any, user: Any) -> str:
 
 
 def build_side(app: Any, client: Any, factory: RecoveryFactory, name: str, *, verify: bool) -> Side:
-    """A tenant with agents, a user (phone on file for years, TOTP, a live session), a standard
-    and an HR integration, and an open case with a verification call, evidence (refused, and
-    accepted when `verify`, which verifies the case) and a note."""
+    """A tenant with agents, a user (phone on file for years, TOTP, a security key, a live
+    session), a standard and an HR integration, and an open case with a verification call,
+    evidence (refused, and accepted when `verify`, which verifies the case) and a note."""
     tenant = factory.tenant()
     user = factory.settled_user(tenant, email=f"{name}-{uuid.uuid4().hex[:6]}@example.com")
     integration, secret = factory.integration(tenant)
@@ -100,6 +103,9 @@ def build_side(app: Any, client: Any, factory: RecoveryFactory, name: str, *, ve
     side = Side(tenant=tenant, support=factory.agent(tenant), senior=factory.agent(tenant, "senior_admin"),
                 user=user, user_token=_full_session(app, user), integration=integration, secret=secret,
                 hr=hr, hr_secret=hr_secret)
+    key = register_key(client, side.user_token, SoftKey(), label=f"{name}'s key")
+    assert key.status_code == 201, key.get_json()
+    side.key_id = key.get_json()["id"]
     answer = factory.request_recovery(client, integration, secret, user.email)
     assert answer.status_code == 202, answer.get_json()
     side.case_id = answer.get_json()["case_id"]

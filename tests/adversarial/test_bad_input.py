@@ -65,6 +65,21 @@ def json_operations(world: World) -> dict[str, tuple[str, dict[str, str], dict[s
         "POST /v1/auth/signin backup_code": (
             "/v1/auth/signin", {TENANT_HEADER: a.tenant.slug},
             {"email": a.user.email, "password": PASSWORD, "backup_code": "abcde-fghij-klmno-pqrst"}),
+        "POST /v1/auth/signin/password": ("/v1/auth/signin/password", {TENANT_HEADER: a.tenant.slug},
+                                          {"email": a.user.email, "password": PASSWORD}),
+        "POST /v1/auth/signin/second-factor": ("/v1/auth/signin/second-factor", {TENANT_HEADER: a.tenant.slug},
+                                               {"pending_token": "rk_pend_unknown", "otp": "123456"}),
+        "POST /v1/auth/signin/second-factor backup_code": (
+            "/v1/auth/signin/second-factor", {TENANT_HEADER: a.tenant.slug},
+            {"pending_token": "rk_pend_unknown", "backup_code": "abcde-fghij-klmno-pqrst"}),
+        "POST /v1/auth/signin/webauthn/options": ("/v1/auth/signin/webauthn/options",
+                                                  {TENANT_HEADER: a.tenant.slug}, {"pending_token": "rk_pend_x"}),
+        "POST /v1/auth/signin/webauthn/verify": ("/v1/auth/signin/webauthn/verify", {TENANT_HEADER: a.tenant.slug},
+                                                 {"pending_token": "rk_pend_x", "credential": ASSERTION}),
+        "POST /v1/auth/enrol/webauthn/confirm": ("/v1/auth/enrol/webauthn/confirm", a.session_headers,
+                                                 {"credential": REGISTRATION, "label": "Blue key"}),
+        "PATCH /v1/auth/security-keys/{key_id}": (f"/v1/auth/security-keys/{a.key_id}", a.session_headers,
+                                                  {"label": "Blue key"}),
         "POST /v1/auth/enrol/totp/confirm": ("/v1/auth/enrol/totp/confirm", a.session_headers,
                                              {"code": "123456"}),
         "POST /v1/auth/password": ("/v1/auth/password", a.session_headers,
@@ -83,6 +98,18 @@ def json_operations(world: World) -> dict[str, tuple[str, dict[str, str], dict[s
             {"reason": "not convinced", "trigger": "agent_judgement", "backup_codes_unusable": "lost too",
              "delivery": "verified_phone"}),
     }
+
+
+# Well-formed WebAuthn answers (as a browser's toJSON() shapes them) that verify nothing.
+_B64 = "AAAA"
+REGISTRATION = {"id": _B64, "rawId": _B64, "type": "public-key", "clientExtensionResults": {},
+                "response": {"clientDataJSON": _B64, "attestationObject": _B64, "transports": ["usb"]}}
+ASSERTION = {"id": _B64, "rawId": _B64, "type": "public-key", "clientExtensionResults": {},
+             "response": {"clientDataJSON": _B64, "authenticatorData": _B64, "signature": _B64}}
+
+
+def _method(op: str) -> str:
+    return op.split(" ", 1)[0]
 
 
 def _spec(client: Any) -> dict[str, Any]:
@@ -116,6 +143,10 @@ def _label(op: str) -> str:
     return op.removesuffix(" backup_code")
 
 
+def _path_of(op: str) -> str:
+    return _label(op).split(" ", 1)[1]
+
+
 def test_every_json_operation_has_a_template(client: Any, world: World) -> None:
     """A new JSON operation (or a new string field) cannot escape the per-field tests below."""
     documented = documented_strings(_spec(client))
@@ -137,7 +168,7 @@ def _post(client: Any, world: World, op: str, change: Any) -> Any:
     url, headers, body = json_operations(world)[op]
     body = dict(body)
     change(body)
-    return client.post(url, json=body, headers=headers)
+    return client.open(url, method=_method(op), json=body, headers=headers)
 
 
 # --- email look-alikes and case -------------------------------------------------------------
@@ -325,16 +356,15 @@ DEEP = "[" * 100_000 + "]" * 100_000
 
 
 def _raw(client: Any, url: str, headers: dict[str, str], data: bytes | str,
-         content_type: str | None = "application/json") -> Any:
-    return client.post(url, data=data, headers=headers, content_type=content_type)
+         content_type: str | None = "application/json", method: str = "POST") -> Any:
+    return client.open(url, method=method, data=data, headers=headers, content_type=content_type)
 
 
 def test_json_nested_100k_levels_is_400(client: Any, world: World, nothing_written: Any) -> None:
     for op, (url, headers, _) in json_operations(world).items():
         for raw in (DEEP, '{"reason": ' + DEEP + "}", '{"a": ' * 30_000 + "1" + "}" * 30_000):
             with nothing_written():
-                assert_error(_raw(client, url, headers, raw), 400, "malformed_request")
-        del op
+                assert_error(_raw(client, url, headers, raw, method=_method(op)), 400, "malformed_request")
 
 
 def test_webhook_nested_100k_levels_is_400_after_its_signature(client: Any, world: World,
@@ -345,11 +375,11 @@ def test_webhook_nested_100k_levels_is_400_after_its_signature(client: Any, worl
 
 
 def test_duplicate_json_keys_are_400(client: Any, world: World, nothing_written: Any) -> None:
-    for url, headers, body in json_operations(world).values():
+    for op, (url, headers, body) in json_operations(world).items():
         name, value = next(iter(body.items()))
         raw = json.dumps(body)[:-1] + f", {json.dumps(name)}: {json.dumps(value)}}}"
         with nothing_written():
-            assert_error(_raw(client, url, headers, raw), 400, "malformed_request")
+            assert_error(_raw(client, url, headers, raw, method=_method(op)), 400, "malformed_request")
 
 
 def test_webhook_duplicate_keys_are_400_and_store_no_delivery(client: Any, world: World,
@@ -365,13 +395,14 @@ def test_webhook_duplicate_keys_are_400_and_store_no_delivery(client: Any, world
 def test_two_megabyte_bodies_are_413_on_every_post_route(app: Any, client: Any, world: World,
                                                          nothing_written: Any) -> None:
     big = b'{"reason": "' + b"x" * (2 * 1024 * 1024) + b'"}'
-    routes = [r for r in app.url_map.iter_rules() if "POST" in (r.methods or ())]
+    routes = [r for r in app.url_map.iter_rules() if {"POST", "PATCH"} & set(r.methods or ())]
     assert routes
     for rule in routes:
         url = _fill(rule, world)
         headers = {**world.a.senior.headers, TENANT_HEADER: world.a.tenant.slug}
+        method = "PATCH" if "PATCH" in (rule.methods or ()) else "POST"
         with nothing_written():
-            assert_error(_raw(client, url, headers, big), 413, "payload_too_large")
+            assert_error(_raw(client, url, headers, big, method=method), 413, "payload_too_large")
 
 
 def test_two_megabyte_signed_webhook_is_413(client: Any, world: World, nothing_written: Any) -> None:
@@ -511,7 +542,7 @@ def test_webhook_judges_the_signed_bytes_not_the_content_type(client: Any, world
 def _valid_args(world: World) -> dict[str, str]:
     a = world.a
     return {"case_id": a.case_id, "user_id": a.user_id, "call_id": a.call_id, "action": "refuse",
-            "integration_id": str(a.integration.id), "token": uuid.uuid4().hex + ".00"}
+            "integration_id": str(a.integration.id), "token": uuid.uuid4().hex + ".00", "key_id": a.key_id}
 
 
 def _fill(rule: Any, world: World, **override: str) -> str:
@@ -537,17 +568,20 @@ def _body_for(rule: Any, world: World) -> dict[str, Any] | None:
               "evidence": {"type": "video_call", "details": {}, "reason": "bad id probe"},
               "verification-calls": {"channel_id": world.a.channel_id, "method": "sms"},
               "confirm": {"code": "12345678"},
-              "<action>": {"reason": "bad id probe"}}
+              "<action>": {"reason": "bad id probe"},
+              "<key_id>": {"label": "bad id probe"}}
     last = rule.rule.rsplit("/", 1)[1]
     return bodies.get(last)
 
 
 def test_invalid_ids_in_every_path_parameter_are_404(app: Any, client: Any, world: World,
                                                      nothing_written: Any) -> None:
-    headers = {**world.a.senior.headers, TENANT_HEADER: world.a.tenant.slug}
     tried = 0
     for rule in _path_rules(app):
         method = sorted((rule.methods or set()) - {"HEAD", "OPTIONS"})[0]
+        # The user's own objects are named with the user's session, the rest with an agent's token.
+        credential = world.a.session_headers if rule.rule.startswith("/v1/auth/") else world.a.senior.headers
+        headers = {**credential, TENANT_HEADER: world.a.tenant.slug}
         for name in rule.arguments:
             for bad in BAD_IDS:
                 url = _fill(rule, world, **{name: bad})
@@ -558,6 +592,48 @@ def test_invalid_ids_in_every_path_parameter_are_404(app: Any, client: Any, worl
     assert tried >= 10 * len(BAD_IDS)
 
 
+# --- WebAuthn answers: malformed inside the credential ------------------------------------------
+
+
+def _in_credential(path: tuple[str, ...], value: Any) -> Any:
+    def change(body: dict[str, Any]) -> None:
+        credential = json.loads(json.dumps(body["credential"]))
+        target = credential
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        body["credential"] = credential
+    return change
+
+
+@pytest.mark.parametrize(("path", "value", "code"), [
+    (("response", "clientDataJSON"), NUL, "malformed_request"),
+    (("response", "clientDataJSON"), "not base64url!", "validation_error"),
+    (("response", "clientDataJSON"), "A" * 5000, "validation_error"),
+    (("response", "clientDataJSON"), None, "validation_error"),
+    (("response",), "text", "validation_error"),
+    (("rawId",), 12345, "validation_error"),
+    (("id",), "", "validation_error"),
+    (("type",), "password", "validation_error"),
+])
+def test_malformed_webauthn_answers_are_400_naming_the_credential(client: Any, world: World,
+                                                                  nothing_written: Any, path: tuple[str, ...],
+                                                                  value: Any, code: str) -> None:
+    for op in ("POST /v1/auth/enrol/webauthn/confirm", "POST /v1/auth/signin/webauthn/verify"):
+        with nothing_written():
+            body = assert_error(_post(client, world, op, _in_credential(path, value)), 400, code)
+        if code == "validation_error":
+            assert "credential" in body["error"]["details"]["fields"], (op, body)
+
+
+def test_well_formed_webauthn_answers_that_verify_nothing_are_refused_precisely(client: Any, world: World) -> None:
+    """Shaped right, meaning nothing: no live challenge, no pending sign-in; never a 500."""
+    enrol = _post(client, world, "POST /v1/auth/enrol/webauthn/confirm", lambda body: None)
+    assert_error(enrol, 422, "challenge_invalid")
+    verify = _post(client, world, "POST /v1/auth/signin/webauthn/verify", lambda body: None)
+    assert_error(verify, 401, "signin_expired")
+
+
 # --- wrong content types, empty bodies, wrong JSON types, overlong and blank strings ---------
 
 
@@ -566,28 +642,28 @@ def test_invalid_ids_in_every_path_parameter_are_404(app: Any, client: Any, worl
                                           "application/jsonx", None])
 def test_wrong_content_type_is_415(client: Any, world: World, nothing_written: Any,
                                    content_type: str | None) -> None:
-    for url, headers, body in json_operations(world).values():
+    for op, (url, headers, body) in json_operations(world).items():
         with nothing_written():
-            answer = _raw(client, url, headers, json.dumps(body), content_type=content_type)
+            answer = _raw(client, url, headers, json.dumps(body), content_type=content_type, method=_method(op))
             assert_error(answer, 415, "unsupported_media_type")
 
 
 def test_empty_body_names_the_missing_fields(client: Any, world: World, nothing_written: Any) -> None:
     spec = _spec(client)
     for op, (url, headers, _) in json_operations(world).items():
-        schema = _resolve(spec, spec["paths"][_label(op).split(" ", 1)[1]]["post"]["requestBody"]
+        schema = _resolve(spec, spec["paths"][_path_of(op)][_method(op).lower()]["requestBody"]
                           ["content"]["application/json"]["schema"])
         for raw in (b"", b"{}"):
             with nothing_written():
-                body = assert_error(_raw(client, url, headers, raw), 400, "validation_error")
+                body = assert_error(_raw(client, url, headers, raw, method=_method(op)), 400, "validation_error")
             assert set(body["error"]["details"]["fields"]) == set(schema.get("required", [])), op
 
 
 @pytest.mark.parametrize("raw", ["[]", "[{}]", "null", "true", "0", '"text"'])
 def test_non_object_body_is_400(client: Any, world: World, nothing_written: Any, raw: str) -> None:
-    for url, headers, _ in json_operations(world).values():
+    for op, (url, headers, _) in json_operations(world).items():
         with nothing_written():
-            answer = assert_error(_raw(client, url, headers, raw), 400, "validation_error")
+            answer = assert_error(_raw(client, url, headers, raw, method=_method(op)), 400, "validation_error")
         assert answer["error"]["details"]["fields"] == {"_schema": ["Invalid input type."]}
 
 

@@ -33,7 +33,11 @@ INVALID_TOKEN = "rk_agent_" + "A" * 43
 TWILIO_TOKEN = "twilio-auth-token-for-the-fuzzer"
 PUBLIC_URL = "http://rekey.test"
 # Path parameters that name one of tenant A's objects, when the draw says so.
-ID_PARAMS = ("case_id", "user_id", "call_id", "integration_id")
+ID_PARAMS = ("case_id", "user_id", "call_id", "integration_id", "key_id")
+# The sign-in doors: no bearer credential; the tenant is named by X-Rekey-Tenant and proven by the
+# password, or by the pending sign-in's token.
+SIGNIN_PATHS = {"/v1/auth/signin", "/v1/auth/signin/password", "/v1/auth/signin/second-factor",
+                "/v1/auth/signin/webauthn/options", "/v1/auth/signin/webauthn/verify"}
 
 
 def _config() -> schemathesis.Config:
@@ -67,7 +71,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 # Served, but deliberately outside the document: health probes, the document itself, Flask's
 # static route (no files).
 UNDOCUMENTED = {"/healthz", "/readyz", "/openapi.json", "/static/<path:filename>"}
-PUBLIC_OPERATIONS = {"/v1/auth/signin", "/v1/webhooks/{integration_id}", "/v1/webhooks/twilio/status",
+PUBLIC_OPERATIONS = {*SIGNIN_PATHS, "/v1/webhooks/{integration_id}", "/v1/webhooks/twilio/status",
                      "/v1/recovery/report/{token}", "/v1/recovery/cancel/{token}"}
 
 
@@ -90,7 +94,7 @@ def test_every_route_is_documented(app: Any, client: Any) -> None:
 
 def _a_ids(world: World, pick: int) -> dict[str, str]:
     a = world.a
-    return {"case_id": a.case_id, "user_id": a.user_id, "call_id": a.call_id,
+    return {"case_id": a.case_id, "user_id": a.user_id, "call_id": a.call_id, "key_id": a.key_id,
             "integration_id": str((a.integration if pick == 0 else a.hr).id)}
 
 
@@ -114,7 +118,7 @@ def _credentials(case: Any, world: World, mode: str) -> dict[str, str]:
     if path.startswith("/v1/admin/"):
         headers["Authorization"] = ("Bearer " + INVALID_TOKEN if mode == "invalid"
                                     else side.senior.headers["Authorization"])
-    elif path == "/v1/auth/signin":
+    elif path in SIGNIN_PATHS:
         headers[TENANT_HEADER] = "no-such-tenant" if mode == "invalid" else side.tenant.slug
     elif path.startswith("/v1/auth/"):
         headers["Authorization"] = ("Bearer rk_sess_" + "A" * 43 if mode == "invalid"
@@ -125,7 +129,7 @@ def _credentials(case: Any, world: World, mode: str) -> dict[str, str]:
 def _kind(path: str) -> str:
     if path.startswith("/v1/admin/"):
         return "agent"
-    if path == "/v1/auth/signin":
+    if path in SIGNIN_PATHS:
         return "signin"
     if path.startswith("/v1/auth/"):
         return "session"
@@ -182,7 +186,7 @@ def _expectations(world: World, mode: str, info: dict[str, Any], sent: dict[str,
             text = response.content.decode("utf-8", "replace")
             leaked = sorted(n for n in a_names if n in text)
             assert not leaked, f"tenant B's answer names tenant A's {leaked}"
-            if info["named_a"] and info["kind"] == "agent":
+            if info["named_a"] and info["kind"] in ("agent", "session"):
                 assert status in (400, 404, 415), f"tenant B aimed at A's ids got {status}"
             if info["signed_by_b"]:
                 assert status == 401, f"A's integration took a body signed by B's secret: {status}"

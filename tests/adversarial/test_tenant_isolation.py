@@ -31,7 +31,9 @@ from tests.adversarial.conftest import (
 AGENT = "agent: B's agent token with A's ids in the path (or body)"
 AGENT_LIST = "agent: B's agent token; the answer is B's own, filtered by A's ids or not"
 SESSION = "user session: acts on the session's own user, names no id"
+SESSION_ID = "user session: B's session with A's key id in the path; only the session's own keys exist"
 SIGNIN = "sign-in: the tenant named by X-Rekey-Tenant, credentials checked inside it"
+PENDING = "sign-in step 2: the pending sign-in's token, found only inside the tenant named by X-Rekey-Tenant"
 WEBHOOK = "webhook: the integration in the path, proven by its own signing secret"
 PROVIDER = "provider callback: Twilio's signature; the call is found by Twilio's id"
 LINK = "signed link: the token is the credential, no tenant credential is involved"
@@ -49,8 +51,17 @@ ROUTES: dict[tuple[str, str], str] = {
     ("/v1/admin/audit", "GET"): AGENT_LIST,
     ("/v1/admin/audit/verify", "GET"): AGENT_LIST,
     ("/v1/auth/signin", "POST"): SIGNIN,
+    ("/v1/auth/signin/password", "POST"): SIGNIN,
+    ("/v1/auth/signin/second-factor", "POST"): PENDING,
+    ("/v1/auth/signin/webauthn/options", "POST"): PENDING,
+    ("/v1/auth/signin/webauthn/verify", "POST"): PENDING,
     ("/v1/auth/enrol/totp", "POST"): SESSION,
     ("/v1/auth/enrol/totp/confirm", "POST"): SESSION,
+    ("/v1/auth/enrol/webauthn", "POST"): SESSION,
+    ("/v1/auth/enrol/webauthn/confirm", "POST"): SESSION,
+    ("/v1/auth/security-keys", "GET"): SESSION,
+    ("/v1/auth/security-keys/<key_id>", "PATCH"): SESSION_ID,
+    ("/v1/auth/security-keys/<key_id>", "DELETE"): SESSION_ID,
     ("/v1/auth/backup-codes", "POST"): SESSION,
     ("/v1/auth/password", "POST"): SESSION,
     ("/v1/webhooks/<integration_id>", "POST"): WEBHOOK,
@@ -219,16 +230,38 @@ def test_b_chain_verification_covers_only_b(client: Any, world: World, unchanged
 
 
 def test_b_user_session_touches_only_b(client: Any, world: World, unchanged: Any) -> None:
+    from tests.authenticator import SoftKey
+
     a, b = world.a, world.b
-    calls = [("/v1/auth/enrol/totp", None), ("/v1/auth/enrol/totp/confirm", {"code": "123456"}),
-             ("/v1/auth/backup-codes", None),
-             ("/v1/auth/password", {"new_password": "another long passphrase", "current_password": "wrong one"})]
-    assert {(url, "POST") for url, _ in calls} == {r for r, kind in ROUTES.items() if kind == SESSION}
-    for url, body in calls:
+    registration = client.post("/v1/auth/enrol/webauthn", headers=a.session_headers).get_json()["options"]
+    a_answer = SoftKey().create(registration)  # an answer to A's own registration options
+    calls = [("POST", "/v1/auth/enrol/totp", None), ("POST", "/v1/auth/enrol/totp/confirm", {"code": "123456"}),
+             ("POST", "/v1/auth/backup-codes", None),
+             ("POST", "/v1/auth/password", {"new_password": "another long passphrase",
+                                            "current_password": "wrong one"}),
+             ("POST", "/v1/auth/enrol/webauthn", None),
+             ("POST", "/v1/auth/enrol/webauthn/confirm", {"credential": a_answer}),
+             ("GET", "/v1/auth/security-keys", None)]
+    assert {(url, method) for method, url, _ in calls} == {r for r, kind in ROUTES.items() if kind == SESSION}
+    for method, url, body in calls:
         with unchanged(a):
-            answer = client.post(url, json=body, headers=b.session_headers)
+            answer = client.open(url, method=method, json=body, headers=b.session_headers)
         assert answer.status_code < 500
         _no_leak(answer, a)
+    assert b.key_id in client.get("/v1/auth/security-keys", headers=b.session_headers).get_data(as_text=True)
+
+
+@pytest.mark.parametrize(("method", "body"), [("PATCH", {"label": "mine now"}), ("DELETE", None)])
+def test_b_user_session_naming_a_key_of_a_gets_404(client: Any, world: World, unchanged: Any, method: str,
+                                                   body: Any) -> None:
+    a, b = world.a, world.b
+    assert {r for r, kind in ROUTES.items() if kind == SESSION_ID} == {
+        ("/v1/auth/security-keys/<key_id>", "PATCH"), ("/v1/auth/security-keys/<key_id>", "DELETE")}
+    with unchanged(a):
+        answer = client.open(f"/v1/auth/security-keys/{a.key_id}", method=method, json=body,
+                             headers=b.session_headers)
+        assert_error(answer, 404, "not_found")
+    _no_leak(answer, a)
 
 
 def test_sign_in_with_a_credentials_at_b_is_the_unknown_user_answer(client: Any, world: World,
@@ -245,6 +278,39 @@ def test_sign_in_with_a_credentials_at_b_is_the_unknown_user_answer(client: Any,
     own = client.post("/v1/auth/signin", json={"email": a.user.email, "password": PASSWORD},
                       headers={TENANT_HEADER: a.tenant.slug})
     assert own.status_code == 200 and own.get_json()["status"] == "mfa_required"
+
+
+def test_a_pending_sign_in_of_a_is_worthless_at_b(client: Any, world: World, unchanged: Any) -> None:
+    a, b = world.a, world.b
+    started = client.post("/v1/auth/signin/password", json={"email": a.user.email, "password": PASSWORD},
+                          headers={TENANT_HEADER: a.tenant.slug})
+    assert started.status_code == 200 and started.get_json()["methods"] == ["totp", "webauthn"]
+    pending = started.get_json()["pending_token"]
+    steps = [("second-factor", {"pending_token": pending, "otp": "123456"}),
+             ("webauthn/options", {"pending_token": pending})]
+    assert {(f"/v1/auth/signin/{p}", "POST") for p, _ in steps} | {("/v1/auth/signin/webauthn/verify", "POST")} \
+        == {r for r, kind in ROUTES.items() if kind == PENDING}
+    for path, body in steps:
+        with unchanged(a):
+            answer = client.post(f"/v1/auth/signin/{path}", json=body, headers={TENANT_HEADER: b.tenant.slug})
+            assert_error(answer, 401, "signin_expired")
+        _no_leak(answer, a)
+    # ...and at A, the same token does reach A's keys (the probe is not vacuous).
+    own = client.post("/v1/auth/signin/webauthn/options", json={"pending_token": pending},
+                      headers={TENANT_HEADER: a.tenant.slug})
+    assert own.status_code == 200 and len(own.get_json()["options"]["allowCredentials"]) == 1
+
+
+def test_a_credentials_at_b_password_step_are_the_unknown_user_answer(client: Any, world: World,
+                                                                      unchanged: Any) -> None:
+    a, b = world.a, world.b
+    with unchanged(a):
+        answer = client.post("/v1/auth/signin/password", json={"email": a.user.email, "password": PASSWORD},
+                             headers={TENANT_HEADER: b.tenant.slug})
+        assert_error(answer, 401, "invalid_credentials")
+    unknown = client.post("/v1/auth/signin/password", json={"email": "nobody@example.com", "password": PASSWORD},
+                          headers={TENANT_HEADER: b.tenant.slug})
+    assert unknown.get_json() == answer.get_json()
 
 
 # --- B's integrations aimed at A ----------------------------------------------------------------

@@ -15,6 +15,7 @@ from tests.recovery_paths import (
     path_backup_codes,
     path_cooldown_cancel,
     path_force_reset,
+    path_force_reset_security_key,
     path_privileged,
     path_report_not_me,
     path_suspected_attack,
@@ -57,6 +58,10 @@ def test_backup_codes_remain_no_reset_and_one_zendesk_comment(world, zendesk):
 
 def test_force_reset_to_enrolment_and_one_jira_comment(world, jira):
     path_force_reset(world, kind="jira", fake=jira)
+
+
+def test_force_reset_by_the_worker_removes_keys_then_a_new_key_closes_the_case(world):
+    path_force_reset_security_key(world)
 
 
 def test_admin_codes_over_the_verified_phone_never_elsewhere(world, worker, receiver):

@@ -22,8 +22,9 @@ SECRETS = {
 @pytest.fixture
 def production(settings: Any) -> Settings:
     """The suite's settings (real, non-development secrets) in production mode, with real
-    message channels configured."""
-    return replace(settings, env="production", phone_channel="twilio", email_channel="smtp")
+    message channels configured and an https public URL."""
+    return replace(settings, env="production", phone_channel="twilio", email_channel="smtp",
+                   public_url="https://rekey.example.com")
 
 
 @pytest.fixture(autouse=True)
@@ -81,6 +82,37 @@ class TestProductionSecrets:
                               encryption_keys=DEV_ENCRYPTION_KEY, code_pepper=DEV_CODE_PEPPER)
 
         assert create_app(development).test_client().get("/healthz").status_code == 200
+
+
+class TestPublicUrl:
+    @pytest.mark.parametrize("url", ["http://rekey.example.com", "https://192.0.2.10", "https://[2001:db8::1]",
+                                     "https://203.0.113.5:8443/rekey", "rekey.example.com", "https://",
+                                     "https://user:pw@rekey.example.com", "ftp://rekey.example.com",
+                                     "https://rekey.example.com:port"])
+    def test_production_refuses_a_public_url_that_is_not_https_with_a_host_name(self, production, url):
+        with pytest.raises(InsecureConfiguration) as refused:
+            create_app(replace(production, public_url=url))
+
+        assert "REKEY_PUBLIC_URL" in str(refused.value)
+        assert "pw" not in str(refused.value)  # the value itself (it may hold credentials) is not echoed
+
+    @pytest.mark.parametrize("url", ["https://rekey.example.com", "https://id.example.com:8443/rekey/",
+                                     "https://localhost"])
+    def test_production_starts_with_an_https_host_name(self, production, url):
+        assert create_app(replace(production, public_url=url)).test_client().get("/healthz").status_code == 200
+
+    def test_development_on_an_ip_address_starts(self, production):
+        development = replace(production, env="development", public_url="http://127.0.0.1:5000")
+
+        assert create_app(development).test_client().get("/healthz").status_code == 200
+
+    def test_the_development_default_is_localhost(self, monkeypatch):
+        monkeypatch.delenv("REKEY_PUBLIC_URL", raising=False)
+
+        settings = Settings()
+
+        assert settings.public_url == "http://localhost:5000"
+        assert settings.public_url_problem() == "is not https"  # fine in development only
 
 
 class TestSettingsFromEnvironment:

@@ -29,6 +29,7 @@ from tests.recovery_paths import (
     path_backup_codes,
     path_cooldown_cancel,
     path_force_reset,
+    path_force_reset_security_key,
     path_privileged,
     path_report_not_me,
     path_suspected_attack,
@@ -102,6 +103,10 @@ def test_force_reset_routes_to_enrolment_and_closes_with_one_ticket_comment(worl
     path_force_reset(world, kind=kind, fake=fake)
     if kind == "zendesk":
         assert zendesk.comments[next(iter(zendesk.comments))][0]["public"] is False  # internal note
+
+
+def test_force_reset_removes_security_keys_and_a_new_key_recovers_the_case(world):
+    path_force_reset_security_key(world)
 
 
 def test_federated_identity_is_recommended_and_verifies_without_reset(world):
