@@ -21,7 +21,7 @@ _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
 def create_tenant(*, slug: str, name: str | None = None, settings: dict[str, Any] | None = None) -> Tenant:
     """Create a tenant with its audit chain's first event."""
-    if not _SLUG.match(slug):
+    if not _SLUG.fullmatch(slug):
         raise ValidationFailed("A tenant slug is 2-63 lower-case letters, digits or dashes.")
     unknown = set(settings or {}) - set(DEFAULT_TENANT_SETTINGS)
     if unknown:
@@ -38,6 +38,9 @@ def create_tenant(*, slug: str, name: str | None = None, settings: dict[str, Any
 
 def get_tenant_by_slug(slug: str) -> Tenant:
     """The tenant with this slug, or NotFound."""
+    if not _SLUG.fullmatch(slug):
+        # Never a tenant (NUL, 3000 characters, a path): refused before it reaches SQL.
+        raise NotFound("No such tenant.")
     tenant = db.session.scalars(select(Tenant).where(Tenant.slug == slug)).first()
     if tenant is None:
         raise NotFound("No such tenant.")
