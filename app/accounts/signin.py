@@ -131,8 +131,9 @@ def _fail(tenant: Tenant, email: str, user: User | None, actor: Actor, result: s
 
 
 def sign_in(tenant: Tenant, actor: Actor, *, email: str, password: str, otp: str | None = None,
-            backup_code: str | None = None) -> SigninResult:
-    """Check the credentials and say what the user must do next; opens a session when allowed."""
+            backup_code: str | None = None, session_kind: str = "api") -> SigninResult:
+    """Check the credentials and say what the user must do next; opens a session when allowed
+    (`session_kind="browser"` for a sign-in page: the token then goes in a cookie)."""
     if otp and backup_code:
         raise ValidationFailed("Give either otp or backup_code, not both.")
     method = "totp" if otp else "backup_code" if backup_code else "password"
@@ -205,7 +206,7 @@ def sign_in(tenant: Tenant, actor: Actor, *, email: str, password: str, otp: str
     else:
         status = "ok"
     scope = "full" if status == "ok" else "restricted"
-    token = open_session(user, scope=scope, ip=actor.ip)
+    token = open_session(user, scope=scope, ip=actor.ip, kind=session_kind)
     _record(tenant, email, user, actor.ip, "succeeded", method)
     record_event(actor, AuditAction.SIGNIN_SUCCEEDED, tenant_id=tenant.id, target_user_id=user.id,
                  details={"method": method, "status": status, "session_scope": scope})
