@@ -43,7 +43,9 @@ class Settings:
     )
     # Pepper for the non-secret lookup prefix of backup codes and for token digests.
     code_pepper: str = field(default_factory=lambda: _env("REKEY_CODE_PEPPER", DEV_CODE_PEPPER))
-    public_url: str = field(default_factory=lambda: _env("REKEY_PUBLIC_URL", "http://127.0.0.1:5000"))
+    # Where people reach Rekey: notice links and pages are built on it. `localhost`, not an IP
+    # address: a browser will not use a WebAuthn key for a relying party named by an IP.
+    public_url: str = field(default_factory=lambda: _env("REKEY_PUBLIC_URL", "http://localhost:5000"))
     max_body_bytes: int = field(default_factory=lambda: _int("REKEY_MAX_BODY_BYTES", 256 * 1024))
     log_level: str = field(default_factory=lambda: _env("REKEY_LOG_LEVEL", "INFO"))
     trusted_proxies: int = field(default_factory=lambda: _int("REKEY_TRUSTED_PROXIES", 0))

@@ -60,7 +60,7 @@ class Factory:
     def user(self, tenant: Tenant, *, email: str | None = None, password: str | None = PASSWORD,
              phones: list[tuple[str, datetime | None]] | None = None,
              federated: list[tuple[str, str, datetime | None]] | None = None,
-             privileged: bool = False, email_added_at: datetime | None = None) -> User:
+             privileged: bool = False, email_added_at: datetime | None = None, display_name: str = "") -> User:
         with self.app.app_context():
             user = create_user(
                 db.session.get(Tenant, tenant.id),
@@ -68,7 +68,7 @@ class Factory:
                 actor=Actor.system(tenant.id), password=password,
                 phones=[PhoneSpec(n, at) for n, at in (phones or [])],
                 federated=[FederatedSpec(i, s, at) for i, s, at in (federated or [])],
-                privileged=privileged, email_added_at=email_added_at,
+                privileged=privileged, email_added_at=email_added_at, display_name=display_name,
             )
             db.session.commit()
             db.session.refresh(user)

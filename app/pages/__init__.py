@@ -1,6 +1,6 @@
 """End-user pages under `/t/<tenant>/` (a browser cannot send `X-Rekey-Tenant`, so the tenant is
-in the path). An unknown tenant is the plain not-found page. The browser-session helpers later
-pages sign users in with are in sessions.py."""
+in the path). An unknown tenant is the plain not-found page. The notice-link pages live in
+links.py; the browser-session helpers later pages sign users in with, in sessions.py."""
 
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ def _tenant_in_templates() -> dict[str, Any]:
 
 
 def register_pages(app: Flask) -> None:
-    """Register the end-user pages."""
-    from app.pages import sessions
+    """Register the end-user pages (and the old link addresses that now lead to them)."""
+    from app.pages import links, sessions
 
     app.register_blueprint(pages)
+    app.register_blueprint(links.legacy)
     app.after_request(sessions.send_session_cookie)

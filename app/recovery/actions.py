@@ -35,6 +35,7 @@ from app.recovery.pending import pending_actions
 from app.recovery.risk import unusual_activity
 from app.recovery.state import case_user, ensure_reason, load_case, move, refuse, require
 from app.tenants.models import Tenant
+from app.tenants.services import page_url
 
 TEMP_PASSWORD_LENGTH = 20
 TEMP_PASSWORD_TTL = timedelta(hours=24)
@@ -101,7 +102,7 @@ def _schedule_or_queue(actor: Actor, case: RecoveryCase, row: CaseAction) -> Non
     hours = float(tenant.setting("reset_cooldown_hours") or 0)
     if row.action == "force_mfa_reset" and hours > 0:
         row.status, row.execute_after = "scheduled", utcnow() + timedelta(hours=hours)
-        cancel = create_link(case, "cancel", ttl=timedelta(hours=hours))
+        cancel = create_link(case, "cancel", event="reset.scheduled", ttl=timedelta(hours=hours))
         row.options = {**row.options, "cancel_link_id": str(cancel.id)}
         record_event(actor, AuditAction.RECOVERY_RESET_SCHEDULED, tenant_id=case.tenant_id,
                      target_user_id=case.user_id, case_id=case.id, reason=row.reason,
@@ -293,12 +294,12 @@ def _seal_for_delivery(row: CaseAction, secret: list[str] | str) -> None:
     enqueue("rekey.recovery.deliver_secret", action_id=str(row.id))
 
 
-def _delivery_text(action: str, secret: list[str] | str) -> str:
+def _delivery_text(action: str, secret: list[str] | str, signin: str) -> str:
     if action == "generate_backup_codes":
         return ("Your new backup codes (each works once; store them safely): " + ", ".join(secret)
-                + ". Sign in with your email, password and one code, then enrol a new factor.")
-    return (f"Your one-time temporary password is {secret} . It works once, for 24 hours; you will "
-            "choose a new password when you sign in.")
+                + f". Sign in at {signin} with your email, password and one code, then enrol a new factor.")
+    return (f"Your one-time temporary password is {secret} . It works once, for 24 hours; sign in at "
+            f"{signin} and you will choose a new password.")
 
 
 def deliver_secret(action_id: uuid.UUID) -> bool:
@@ -316,7 +317,10 @@ def deliver_secret(action_id: uuid.UUID) -> bool:
     if channel is None:
         raise NoVerifiedChannel("The verified phone is gone.")
     secret = json.loads(decrypt(row.options["sealed"]))
-    send("phone", channel.value, subject="Account recovery", body=_delivery_text(row.action, secret),
+    tenant = db.session.get(Tenant, row.tenant_id)
+    assert tenant is not None
+    body = _delivery_text(row.action, secret, signin=page_url(tenant, "signin"))
+    send("phone", channel.value, subject="Account recovery", body=body,
          key=f"action:{row.id}", method="sms")
     row.options = {k: v for k, v in row.options.items() if k != "sealed"}
     return True

@@ -6,6 +6,7 @@ import re
 import uuid
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import select
 
 from app.actor import Actor
@@ -45,6 +46,13 @@ def get_tenant_by_slug(slug: str) -> Tenant:
     if tenant is None:
         raise NotFound("No such tenant.")
     return tenant
+
+
+def page_url(tenant: Tenant, path: str) -> str:
+    """The public URL of one of the tenant's end-user pages (`/t/<slug>/<path>`): browsers cannot
+    send the tenant in a header, so it is in the path."""
+    base = current_app.extensions["rekey.settings"].public_url.rstrip("/")
+    return f"{base}/t/{tenant.slug}/{path}"
 
 
 def create_agent(tenant: Tenant, *, email: str, name: str, role: str, actor: Actor | None = None) -> tuple[Agent, str]:

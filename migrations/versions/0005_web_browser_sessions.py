@@ -1,4 +1,4 @@
-"""browser sessions (kind, last seen)
+"""browser sessions (kind, last seen) and the event a notice link belongs to
 
 Revision ID: 0005_web
 Revises: 0004
@@ -20,9 +20,14 @@ def upgrade() -> None:
     with op.batch_alter_table('user_sessions', schema=None) as batch_op:
         batch_op.add_column(sa.Column('kind', sa.String(length=16), nullable=False, server_default='api'))
         batch_op.add_column(sa.Column('last_seen_at', sa.DateTime(timezone=True), nullable=True))
+    # What the notice that carried a link announced, so the link's page can say what happened.
+    with op.batch_alter_table('recovery_links', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('event', sa.String(length=40), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('recovery_links', schema=None) as batch_op:
+        batch_op.drop_column('event')
     with op.batch_alter_table('user_sessions', schema=None) as batch_op:
         batch_op.drop_column('last_seen_at')
         batch_op.drop_column('kind')
