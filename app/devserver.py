@@ -273,6 +273,14 @@ def display_url(host: str, port: int) -> str:
     return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
 
 
+def public_url(host: str, port: int) -> str:
+    """Where a browser on this machine reaches `rekey run`: localhost for a loopback or wildcard
+    address (an IP cannot be a WebAuthn relying party), else the address itself."""
+    if host in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "", "::"):  # noqa: S104
+        return f"http://localhost:{port}"
+    return display_url(host, port)
+
+
 def _answers_http(host: str, port: int) -> bool:
     target = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)  # noqa: S104
     try:
@@ -323,13 +331,16 @@ def run(settings: Settings | None = None) -> int:
         "REKEY_INSTANCE_DIR": str(instance_dir),
         "PYTHONUNBUFFERED": "1",
     })
-    env.setdefault("REKEY_PUBLIC_URL", url)
+    # People reach the pages at localhost, not 127.0.0.1: WebAuthn cannot use an IP address.
+    env.setdefault("REKEY_PUBLIC_URL", public_url(settings.host, settings.port))
+    public = env["REKEY_PUBLIC_URL"].rstrip("/")
     try:
         if not received:
             for name, argv in child_commands(settings, instance_dir).items():
                 supervisor.start(name, argv, env)
             started = ", ".join(f"{c.name} pid={c.pid}" for c in supervisor.children)
             say(f"web: {url} (health: {url}/healthz, {url}/readyz; API: {url}/openapi.json)")
+            say(f"pages: {public}/t/<tenant>/ (the links in notices open {public}/t/<tenant>/links/...)")
             say(f"started {started}; Ctrl-C stops them all")
         return _supervise(supervisor, settings, url, received)
     finally:
