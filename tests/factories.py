@@ -39,9 +39,9 @@ class Factory:
         # tests that check no secret leaks into audit rows, task arguments, tickets or logs.
         self.secrets: list[str] = []
 
-    def tenant(self, **settings: Any) -> Tenant:
+    def tenant(self, name: str | None = None, **settings: Any) -> Tenant:
         with self.app.app_context():
-            tenant = create_tenant(slug=f"t-{uuid.uuid4().hex[:12]}", settings=settings)
+            tenant = create_tenant(slug=f"t-{uuid.uuid4().hex[:12]}", name=name, settings=settings)
             db.session.commit()
             db.session.refresh(tenant)
             db.session.expunge(tenant)

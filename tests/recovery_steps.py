@@ -113,10 +113,10 @@ class Cast:
 
 
 def cast(world: World, *, tenant_settings: dict[str, Any] | None = None, lost_totp: bool = True,
-         **user_kw: Any) -> Cast:
+         tenant_name: str | None = None, **user_kw: Any) -> Cast:
     """A tenant, a long-standing user (email and phone on file for a year, optionally the TOTP
     factor they lost), a support agent and a senior admin."""
-    tenant = world.factory.tenant(**(tenant_settings or {}))
+    tenant = world.factory.tenant(tenant_name, **(tenant_settings or {}))
     user = world.factory.settled_user(tenant, **user_kw)
     secret = enrol_old_factor(world, user) if lost_totp else None
     return Cast(tenant, user, world.factory.agent(tenant), world.factory.agent(tenant, "senior_admin"), secret)
