@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from flask import Response, g, redirect
@@ -36,6 +37,7 @@ def _invalid() -> Response:
 
 
 def _show(purpose: str, token: str) -> Response:
+    """What the notice said, and the confirm button (a GET: reads only)."""
     notice = describe_link(token, purpose, g.tenant.id) if _TOKEN.fullmatch(token) else None
     if notice is None:
         return _invalid()
@@ -43,6 +45,8 @@ def _show(purpose: str, token: str) -> Response:
 
 
 def _confirm(purpose: str, token: str) -> Response:
+    """Confirmed: "this wasn't me" suspends the account, revokes every session and escalates the
+    case; a cancel stops the scheduled reset and makes the case a suspected attack."""
     if not _TOKEN.fullmatch(token):
         return _invalid()
     try:
@@ -52,31 +56,8 @@ def _confirm(purpose: str, token: str) -> Response:
     return render_page("links/done.html", purpose=purpose, no_referrer=True)
 
 
-@pages.get("/links/report/<token>")
-def report_page(token: str) -> Response:
-    """"This wasn't me": what the notice said, and the confirm button."""
-    return _show("report", token)
-
-
-@pages.post("/links/report/<token>")
-def report_confirm(token: str) -> Response:
-    """Confirmed: suspend the account, revoke every session, escalate the case."""
-    return _confirm("report", token)
-
-
-@pages.get("/links/cancel/<token>")
-def cancel_page(token: str) -> Response:
-    """A scheduled reset: when it runs, and the cancel button."""
-    return _show("cancel", token)
-
-
-@pages.post("/links/cancel/<token>")
-def cancel_confirm(token: str) -> Response:
-    """Confirmed: cancel the reset; the case becomes a suspected attack."""
-    return _confirm("cancel", token)
-
-
 def _to_page(purpose: str, token: str) -> Any:
+    """A link in its old form: 303 to its page."""
     slug = link_tenant_slug(token, purpose) if _TOKEN.fullmatch(token) else None
     if slug is None:
         return _invalid()
@@ -85,13 +66,10 @@ def _to_page(purpose: str, token: str) -> Any:
     return response
 
 
-@legacy.get("/report/<token>")
-def old_report_link(token: str) -> Any:
-    """A "this wasn't me" link in its old form: 303 to its page."""
-    return _to_page("report", token)
-
-
-@legacy.get("/cancel/<token>")
-def old_cancel_link(token: str) -> Any:
-    """A cancel link in its old form: 303 to its page."""
-    return _to_page("cancel", token)
+# Endpoints pages.report_page, pages.report_confirm, legacy_links.old_report_link, and the same
+# for cancel.
+for _purpose in _ACTS:
+    pages.add_url_rule(f"/links/{_purpose}/<token>", f"{_purpose}_page", partial(_show, _purpose), methods=["GET"])
+    pages.add_url_rule(f"/links/{_purpose}/<token>", f"{_purpose}_confirm", partial(_confirm, _purpose),
+                       methods=["POST"])
+    legacy.add_url_rule(f"/{_purpose}/<token>", f"old_{_purpose}_link", partial(_to_page, _purpose), methods=["GET"])

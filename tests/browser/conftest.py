@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import CeleryWorker, free_port, purge, worker_env
+from tests.integration.conftest import CeleryWorker, free_port, module_app, purge, worker_env
 from tests.services import REQUIRE, need
 
 CHROMIUM = Path(os.environ.get("REKEY_CHROMIUM", "/usr/bin/chromium"))
@@ -69,24 +69,11 @@ def live_port() -> int:
 @pytest.fixture(scope="module")
 def app(settings: Any, database_url: str, live_port: int) -> Iterator[Any]:
     """The application under test, its public URL the live server's (notices link there)."""
-    from celery import _state
-
-    from app import create_app
-    from app.extensions import db
-
     need("postgres")
     need("redis")
     assert database_url.startswith("postgresql")
-    previous = _state.default_app
-    application = create_app(replace(settings, public_url=f"http://localhost:{live_port}"), TESTING=True)
-    try:
+    with module_app(replace(settings, public_url=f"http://localhost:{live_port}")) as application:
         yield application
-    finally:
-        if previous is not None:
-            previous.set_current()
-            previous.set_default()
-        with application.app_context():
-            db.engine.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -179,11 +166,6 @@ def add_virtual_authenticator(page: Any, *, user_verified: bool = True) -> Virtu
 @pytest.fixture
 def world(client: Any, factory: Any, browser_worker: CeleryWorker, settings: Any) -> Any:
     """The runbook's steps over HTTP (tests/recovery_steps.py), tasks in the real worker."""
-    from tests.e2e.conftest import wait_idle
-    from tests.recovery_steps import World, polled
+    from tests.e2e.conftest import worker_world
 
-    def run_task(name: str, kwargs: dict[str, Any]) -> None:
-        factory.app.extensions["celery"].send_task(name, kwargs=kwargs)
-        wait_idle(settings.broker_url)
-
-    return World(client, factory, polled(timeout=30.0), run_task, lambda: wait_idle(settings.broker_url))
+    return worker_world(client, factory, settings.broker_url, timeout=30.0)
