@@ -312,13 +312,12 @@ def deliver_secret(action_id: uuid.UUID) -> bool:
     if row is None or not row.options.get("sealed"):
         return False
     case = db.session.get(RecoveryCase, row.case_id)
-    assert case is not None
+    tenant = db.session.get(Tenant, row.tenant_id)
+    assert case is not None and tenant is not None
     channel = db.session.get(Channel, verified_phone_channel(case))
     if channel is None:
         raise NoVerifiedChannel("The verified phone is gone.")
     secret = json.loads(decrypt(row.options["sealed"]))
-    tenant = db.session.get(Tenant, row.tenant_id)
-    assert tenant is not None
     body = _delivery_text(row.action, secret, signin=page_url(tenant, "signin"))
     send("phone", channel.value, subject="Account recovery", body=body,
          key=f"action:{row.id}", method="sms")
