@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint migrate install clean bench
+.PHONY: run test lint migrate install clean bench browser screenshots
 
 run: $(INSTALLED)
 	$(BIN)/rekey run
@@ -21,8 +21,20 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/mypy app tasks integrations
 
+# Debian's Chromium for the browser tests (needs root; CI's .ci/run does the same), and Playwright.
+CHROMIUM ?= /usr/bin/chromium
+browser: $(INSTALLED)
+	@if [ ! -x $(CHROMIUM) ]; then apt-get update && apt-get install -y chromium chromium-driver; fi
+	$(BIN)/python -m pip install -e '.[browser]'
+	@$(CHROMIUM) --version
+
+# A screenshot of every page into docs/screenshots/ (PostgreSQL, Redis and Chromium needed).
+screenshots: $(INSTALLED)
+	$(BIN)/pytest -q -p no:cacheprovider tests/browser/test_screenshots.py --screenshots docs/screenshots
+
 bench: $(INSTALLED)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/scale.py $(SCALE_ARGS)
 
 migrate: $(INSTALLED)
 	$(BIN)/rekey db upgrade

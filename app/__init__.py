@@ -14,6 +14,7 @@ from app.config import Settings
 from app.errors import error_response, register_error_handlers
 from app.extensions import api, db
 from app.web import init_api, install_request_lifecycle
+from app.webui import init_webui, install_security_headers
 
 
 class InsecureConfiguration(RuntimeError):
@@ -67,7 +68,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     jobs.install(FlaskSession)
     init_api(api, app)
     register_error_handlers(app)  # after Api, so our error shape wins over flask-smorest's
+    install_security_headers(app)  # before the lifecycle, so its answers get the headers too
     install_request_lifecycle(app)
+    init_webui(app)  # after the lifecycle: CSRF checks run once the request has its id
 
     from app.accounts.views import admin_users, auth
     from app.audit.views import blp as audit_blp
@@ -77,6 +80,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     for blueprint in (auth, admin_users, audit_blp, cases_blp, webhooks_blp, links_blp):
         api.register_blueprint(blueprint)
+    from app.pages import register_pages
+
+    register_pages(app)
     from app.accounts import hooks
     from app.recovery.closing import EnrolmentPort
 

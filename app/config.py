@@ -82,6 +82,8 @@ class Settings:
     restricted_session_ttl_seconds: int = field(
         default_factory=lambda: _int("REKEY_RESTRICTED_SESSION_TTL_SECONDS", 900)
     )
+    # A browser session unused this long ends (on top of the absolute lifetimes above).
+    web_idle_timeout_seconds: int = field(default_factory=lambda: _int("REKEY_WEB_IDLE_TIMEOUT_SECONDS", 1800))
     # Where `rekey run` serves the web process (production binds gunicorn to $PORT instead).
     host: str = field(default_factory=lambda: _env("REKEY_HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: _int("REKEY_PORT", 5000))
@@ -115,6 +117,12 @@ class Settings:
     @property
     def is_production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Cookies are `Secure` (and `__Host-` prefixed) everywhere but development, where
+        `rekey run` serves plain http (browsers accept Secure cookies from http://localhost)."""
+        return self.env != "development"
 
     def development_secrets_in_use(self) -> list[str]:
         """Names of the variables still holding their public development value."""

@@ -271,7 +271,7 @@ def child_commands(settings: Settings, instance_dir: Path) -> dict[str, list[str
 def display_url(host: str, port: int) -> str:
     """The URL a browser on this machine opens. A loopback or any-address bind is shown (and
     becomes REKEY_PUBLIC_URL) as `localhost`: WebAuthn's relying-party id must be a host name."""
-    shown = "localhost" if host in ("0.0.0.0", "", "::", "127.0.0.1") else host  # noqa: S104
+    shown = "localhost" if host in ("0.0.0.0", "", "::", "127.0.0.1", "::1", "localhost") else host  # noqa: S104
     return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
 
 
@@ -325,13 +325,16 @@ def run(settings: Settings | None = None) -> int:
         "REKEY_INSTANCE_DIR": str(instance_dir),
         "PYTHONUNBUFFERED": "1",
     })
+    # People reach the pages at localhost, not 127.0.0.1: WebAuthn cannot use an IP address.
     env.setdefault("REKEY_PUBLIC_URL", url)
+    public = env["REKEY_PUBLIC_URL"].rstrip("/")
     try:
         if not received:
             for name, argv in child_commands(settings, instance_dir).items():
                 supervisor.start(name, argv, env)
             started = ", ".join(f"{c.name} pid={c.pid}" for c in supervisor.children)
             say(f"web: {url} (health: {url}/healthz, {url}/readyz; API: {url}/openapi.json)")
+            say(f"pages: {public}/t/<tenant>/ (the links in notices open {public}/t/<tenant>/links/...)")
             say(f"started {started}; Ctrl-C stops them all")
         return _supervise(supervisor, settings, url, received)
     finally:

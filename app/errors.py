@@ -6,10 +6,11 @@ live on the class, so the mapping to HTTP is written once, here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, current_app, g, has_request_context, jsonify
 from marshmallow import Schema, fields
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
@@ -105,7 +106,21 @@ _HTTP_CODES = {
 }
 
 
+_PAGES = "rekey.error_pages"
+
+
+def register_page_errors(app: Flask, *, wants_page: Callable[[], bool],
+                         render: Callable[[int, str, str], Response]) -> None:
+    """Let the web side answer errors on its page routes with a page (`render(status, code,
+    message)`) where `wants_page()` says so; every other route keeps the JSON error body."""
+    app.extensions[_PAGES] = (wants_page, render)
+
+
 def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> Response:
+    """The error answer: the contract's JSON body, or on a page route an HTML error page."""
+    pages = current_app.extensions.get(_PAGES) if has_request_context() else None
+    if pages is not None and pages[0]():
+        return pages[1](status, code, message)
     response = jsonify({"error": {"code": code, "message": message, "details": details or {}}})
     response.status_code = status
     return response
@@ -113,8 +128,7 @@ def error_response(status: int, code: str, message: str, details: dict[str, Any]
 
 def _from_rekey_error(exc: RekeyError) -> Response:
     g.keep_changes = exc.keep_changes
-    response = jsonify(exc.to_body())
-    response.status_code = exc.status
+    response = error_response(exc.status, exc.code, exc.message, exc.details)
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
         response.headers["Retry-After"] = str(int(retry_after))

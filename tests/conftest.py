@@ -25,6 +25,11 @@ BROKER_REDIS_DB = int(os.environ.get("REKEY_TEST_REDIS_DB", "11"))
 TEST_KEY = "K0wDXEU4b1bSyh3yX2bfO9IrMbJbzxX9wUU6F4E_jps="
 
 
+def pytest_addoption(parser: Any) -> None:
+    parser.addoption("--screenshots", metavar="DIR", default=None,
+                     help="save the browser tests' page screenshots in DIR (make screenshots: docs/screenshots)")
+
+
 def pytest_report_header(config: Any) -> list[str]:
     return [
         f"rekey services: postgres={'yes' if postgres_available() else 'no (SQLite)'}, "

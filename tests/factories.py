@@ -39,9 +39,9 @@ class Factory:
         # tests that check no secret leaks into audit rows, task arguments, tickets or logs.
         self.secrets: list[str] = []
 
-    def tenant(self, **settings: Any) -> Tenant:
+    def tenant(self, name: str | None = None, **settings: Any) -> Tenant:
         with self.app.app_context():
-            tenant = create_tenant(slug=f"t-{uuid.uuid4().hex[:12]}", settings=settings)
+            tenant = create_tenant(slug=f"t-{uuid.uuid4().hex[:12]}", name=name, settings=settings)
             db.session.commit()
             db.session.refresh(tenant)
             db.session.expunge(tenant)
@@ -64,7 +64,7 @@ class Factory:
              phones: list[tuple[str, datetime | None]] | None = None,
              federated: list[tuple[str, str, datetime | None]] | None = None,
              privileged: bool = False, email_added_at: datetime | None = None,
-             external_id: str | None = None) -> User:
+             external_id: str | None = None, display_name: str = "") -> User:
         with self.app.app_context():
             user = create_user(
                 db.session.get(Tenant, tenant.id),
@@ -73,6 +73,7 @@ class Factory:
                 phones=[PhoneSpec(n, at) for n, at in (phones or [])],
                 federated=[FederatedSpec(i, s, at) for i, s, at in (federated or [])],
                 privileged=privileged, email_added_at=email_added_at, external_id=external_id,
+                display_name=display_name,
             )
             db.session.commit()
             db.session.refresh(user)

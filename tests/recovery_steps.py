@@ -32,7 +32,9 @@ VIDEO = {"result": "match", "matched_against": "hr_photo", "reference": "VC-2026
 OTHER_PHONE = "+14155550123"
 NEW_PASSWORD = "a brand new passphrase for rekey"
 BACKUP_CODE = re.compile(r"\b[a-z2-7]{5}(?:-[a-z2-7]{5}){3}\b")
-LINK = re.compile(r"/v1/recovery/(report|cancel)/([0-9a-f]{32}\.[0-9a-f]{64})")
+# A notice links to the link's page (/t/<tenant>/links/<purpose>/<token>); the tests post the
+# token to the JSON API (/v1/recovery/<purpose>/<token>), which stays.
+LINK = re.compile(r"/t/[a-z0-9-]+/links/(report|cancel)/([A-Za-z0-9._~-]+)")
 ZENDESK_TICKET, JIRA_ISSUE = "35436", "HELP-12"
 
 
@@ -111,10 +113,10 @@ class Cast:
 
 
 def cast(world: World, *, tenant_settings: dict[str, Any] | None = None, lost_totp: bool = True,
-         **user_kw: Any) -> Cast:
+         tenant_name: str | None = None, **user_kw: Any) -> Cast:
     """A tenant, a long-standing user (email and phone on file for a year, optionally the TOTP
     factor they lost), a support agent and a senior admin."""
-    tenant = world.factory.tenant(**(tenant_settings or {}))
+    tenant = world.factory.tenant(tenant_name, **(tenant_settings or {}))
     user = world.factory.settled_user(tenant, **user_kw)
     secret = enrol_old_factor(world, user) if lost_totp else None
     return Cast(tenant, user, world.factory.agent(tenant), world.factory.agent(tenant, "senior_admin"), secret)
@@ -197,7 +199,7 @@ def integration(world: World, tenant: Any, kind: str = "standard", *, fake: Any 
     return world.factory.integration(tenant, kind, **kw)
 
 
-def request_body(kind: str, secret: str, email: str) -> tuple[bytes, dict[str, str]]:
+def request_body(kind: str, secret: str, email: str, subject: str = "Lost phone") -> tuple[bytes, dict[str, str]]:
     """A recovery request as each vendor signs and sends it."""
     text = "I lost my phone and cannot sign in."
     if kind == "zendesk":
@@ -215,17 +217,17 @@ def request_body(kind: str, secret: str, email: str) -> tuple[bytes, dict[str, s
         return body, jira_headers(secret, body)
     body = body_of({"type": "recovery.requested", "timestamp": datetime.now(UTC).isoformat(),
                     "data": {"user_email": email, "ticket_id": f"T-{uuid.uuid4().hex[:6]}",
-                             "requester_email": email, "subject": "Lost phone", "text": text}})
+                             "requester_email": email, "subject": subject, "text": text}})
     return body, standard_headers(secret, body)
 
 
 def open_case(world: World, c: Cast, *, kind: str = "standard", fake: Any = None,
-              secret: str | None = None, expect: str = "awaiting_verification") -> str:
-    """The ticketing system opens a case; the screen task runs."""
+              secret: str | None = None, expect: str = "awaiting_verification", **request: str) -> str:
+    """The ticketing system opens a case; the screen task runs. `subject=` for a standard ticket."""
     found, signing = integration(world, c.tenant, kind, fake=fake, secret=secret)
     if fake is not None:
         world.fakes.append(fake)
-    body, headers = request_body(kind, signing, c.user.email)
+    body, headers = request_body(kind, signing, c.user.email, **request)
     r = world.client.post(f"/v1/webhooks/{found.id}", data=body, headers=headers)
     assert r.status_code == 202, r.json
     case_id = r.json["case_id"]
@@ -358,7 +360,16 @@ def notices(world: World, case_id: str, event: str) -> list[dict[str, Any]]:
 
 
 def links_in(message: dict[str, Any], purpose: str) -> list[str]:
+    """The notice's links of this purpose, as the JSON API's POST addresses."""
     return [f"/v1/recovery/{p}/{token}" for p, token in LINK.findall(message["body"]) if p == purpose]
+
+
+PAGE_LINK = re.compile(r"https?://[^/\s]+(/t/[a-z0-9-]+/links/(report|cancel)/[A-Za-z0-9._~-]+)")
+
+
+def page_links_in(message: dict[str, Any], purpose: str) -> list[str]:
+    """The notice's links of this purpose, as the paths of their pages (what a person opens)."""
+    return [path for path, p in PAGE_LINK.findall(message["body"]) if p == purpose]
 
 
 def user_row(world: World, user: Any) -> Any:

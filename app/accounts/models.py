@@ -201,7 +201,9 @@ class SigninAttempt(db.Model):  # type: ignore[name-defined]
 
 class UserSession(db.Model):  # type: ignore[name-defined]
     """A signed-in session. `scope` is `full`, or `restricted` (after a reset, a temporary
-    password or a backup code during recovery: may only enrol factors and change the password)."""
+    password or a backup code during recovery: may only enrol factors and change the password).
+    `kind` is `api` (a bearer token) or `browser` (an opaque cookie, with an idle timeout from
+    `last_seen_at`); a reset or a suspension revokes both kinds."""
 
     __tablename__ = "user_sessions"
 
@@ -210,8 +212,10 @@ class UserSession(db.Model):  # type: ignore[name-defined]
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
     digest: Mapped[str] = mapped_column(String(64), unique=True)
     scope: Mapped[str] = mapped_column(String(16), default="full")
+    kind: Mapped[str] = mapped_column(String(16), default="api", server_default="api")
     ip: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

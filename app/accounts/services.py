@@ -155,23 +155,38 @@ def backup_codes_remaining(user_id: uuid.UUID) -> int:
 # --- sessions -------------------------------------------------------------------------------
 
 
-def open_session(user: User, *, scope: str, ip: str | None) -> str:
-    """Issue a session token (returned once; only its digest is kept)."""
+SESSION_KINDS = ("api", "browser")
+
+
+def open_session(user: User, *, scope: str, ip: str | None, kind: str = "api") -> str:
+    """Issue a session token (returned once; only its digest is kept). `kind` is `api` (a bearer
+    token) or `browser` (carried in a cookie; ends after `web_idle_timeout_seconds` unused)."""
+    assert kind in SESSION_KINDS
     settings = current_app.extensions["rekey.settings"]
     ttl = settings.session_ttl_seconds if scope == "full" else settings.restricted_session_ttl_seconds
-    token = new_token("rk_sess")
+    token = new_token("rk_sess" if kind == "api" else "rk_web")
     now = utcnow()
     db.session.add(UserSession(tenant_id=user.tenant_id, user_id=user.id, digest=token_digest(token),
-                               scope=scope, ip=ip, created_at=now, expires_at=now + timedelta(seconds=ttl)))
+                               scope=scope, kind=kind, ip=ip, created_at=now, last_seen_at=now,
+                               expires_at=now + timedelta(seconds=ttl)))
     db.session.flush()
     return token
 
 
-def authenticate_session(token: str, *, restricted_ok: bool) -> UserSession:
-    """The live session for this token; a restricted one only where `restricted_ok`."""
+def authenticate_session(token: str, *, restricted_ok: bool, kind: str = "api") -> UserSession:
+    """The live session of this kind for this token; a restricted one only where `restricted_ok`.
+    A browser session also ends when idle too long; each use moves its idle clock on."""
     session = db.session.scalars(select(UserSession).where(UserSession.digest == token_digest(token))).first()
-    if session is None or session.revoked_at is not None or session.expires_at <= utcnow():
+    now = utcnow()
+    # Each door takes only its own kind: a cookie copied into a bearer header (or the reverse)
+    # would otherwise escape the idle timeout.
+    if session is None or session.kind != kind or session.revoked_at is not None or session.expires_at <= now:
         raise Unauthenticated("The session is not valid.")
+    if kind == "browser":
+        idle = timedelta(seconds=current_app.extensions["rekey.settings"].web_idle_timeout_seconds)
+        if (session.last_seen_at or session.created_at) + idle <= now:
+            raise Unauthenticated("The session ended after a time without use.")
+        session.last_seen_at = now
     user = db.session.get(User, session.user_id)
     if user is None or user.status != "active":
         raise Unauthenticated("The session is not valid.")
@@ -187,6 +202,11 @@ def require_live_session(session_id: uuid.UUID) -> None:
                                  .execution_options(populate_existing=True)).first()
     if session is None or session.revoked_at is not None or session.expires_at <= utcnow():
         raise Unauthenticated("The session is not valid.")
+def end_session(token: str) -> bool:
+    """Sign out: revoke the one session this token names; False when it was not live."""
+    return rows_changed(update(UserSession).where(
+        UserSession.digest == token_digest(token), UserSession.revoked_at.is_(None)
+    ).values(revoked_at=utcnow())) > 0
 
 
 def revoke_sessions(user_id: uuid.UUID, *, except_id: uuid.UUID | None = None) -> int:

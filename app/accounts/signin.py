@@ -230,7 +230,7 @@ def _check_code(tenant: Tenant, email: str, user: User, actor: Actor, method: st
 
 
 def _open(tenant: Tenant, email: str, user: User, identity: PasswordIdentity, actor: Actor,
-          method: str, **facts: Any) -> SigninResult:
+          method: str, *, session_kind: str = "api", **facts: Any) -> SigninResult:
     """The credentials are proven: say what the user must do next and open the session."""
     # From here the events are the user's own acts.
     actor = replace(actor, type="user", id=str(user.id))
@@ -250,7 +250,7 @@ def _open(tenant: Tenant, email: str, user: User, identity: PasswordIdentity, ac
     else:
         status = "ok"
     scope = "full" if status == "ok" else "restricted"
-    token = open_session(user, scope=scope, ip=actor.ip)
+    token = open_session(user, scope=scope, ip=actor.ip, kind=session_kind)
     _record(tenant, email, user, actor.ip, "succeeded", method)
     record_event(actor, AuditAction.SIGNIN_SUCCEEDED, tenant_id=tenant.id, target_user_id=user.id,
                  details={"method": method, "status": status, "session_scope": scope, **facts})
@@ -258,8 +258,9 @@ def _open(tenant: Tenant, email: str, user: User, identity: PasswordIdentity, ac
 
 
 def sign_in(tenant: Tenant, actor: Actor, *, email: str, password: str, otp: str | None = None,
-            backup_code: str | None = None) -> SigninResult:
-    """Check the credentials and say what the user must do next; opens a session when allowed."""
+            backup_code: str | None = None, session_kind: str = "api") -> SigninResult:
+    """Check the credentials and say what the user must do next; opens a session when allowed
+    (`session_kind="browser"` for a sign-in page: the token then goes in a cookie)."""
     if otp and backup_code:
         raise ValidationFailed("Give either otp or backup_code, not both.")
     method = "totp" if otp else "backup_code" if backup_code else "password"
@@ -269,19 +270,20 @@ def sign_in(tenant: Tenant, actor: Actor, *, email: str, password: str, otp: str
         _record(tenant, email, user, actor.ip, "mfa_required", method)
         return SigninResult(status="mfa_required", user=user)
     _check_code(tenant, email, user, actor, method, otp=otp, backup_code=backup_code)
-    return _open(tenant, email, user, identity, actor, method)
+    return _open(tenant, email, user, identity, actor, method, session_kind=session_kind)
 
 
 # --- the two-step sign-in -------------------------------------------------------------------
 
 
-def begin_sign_in(tenant: Tenant, actor: Actor, *, email: str, password: str) -> SigninResult:
+def begin_sign_in(tenant: Tenant, actor: Actor, *, email: str, password: str,
+                  session_kind: str = "api") -> SigninResult:
     """The password step: a session when no factor is owed, else a pending sign-in and the
     account's methods."""
     email = normalize_email(email)
     user, identity = _check_password(tenant, actor, email, password, "password")
     if not _factor_owed(user):
-        return _open(tenant, email, user, identity, actor, "password")
+        return _open(tenant, email, user, identity, actor, "password", session_kind=session_kind)
     _record(tenant, email, user, actor.ip, "mfa_required", "password")
     token, now = new_token("rk_pend"), utcnow()
     db.session.add(PendingSignin(tenant_id=tenant.id, user_id=user.id, email=email, digest=token_digest(token),
@@ -324,7 +326,7 @@ def _count_failure(pending: PendingSignin) -> None:
 
 
 def complete_sign_in(tenant: Tenant, actor: Actor, *, pending_token: str, otp: str | None = None,
-                     backup_code: str | None = None) -> SigninResult:
+                     backup_code: str | None = None, session_kind: str = "api") -> SigninResult:
     """The second step with a TOTP code or a backup code; opens the session."""
     if bool(otp) == bool(backup_code):
         raise ValidationFailed("Give either otp or backup_code.")
@@ -336,7 +338,7 @@ def complete_sign_in(tenant: Tenant, actor: Actor, *, pending_token: str, otp: s
         _count_failure(pending)
         raise
     pending.used_at = utcnow()
-    return _open(tenant, pending.email, user, identity, actor, method, two_step=True)
+    return _open(tenant, pending.email, user, identity, actor, method, two_step=True, session_kind=session_kind)
 
 
 def key_options(tenant: Tenant, actor: Actor, *, pending_token: str) -> dict[str, Any]:
@@ -349,7 +351,7 @@ def key_options(tenant: Tenant, actor: Actor, *, pending_token: str) -> dict[str
 
 
 def complete_sign_in_with_key(tenant: Tenant, actor: Actor, *, pending_token: str,
-                              credential: dict[str, Any]) -> SigninResult:
+                              credential: dict[str, Any], session_kind: str = "api") -> SigninResult:
     """The second step with a security key's assertion; opens the session."""
     pending, user, identity = _resume(tenant, actor, pending_token, "webauthn")
     try:
@@ -359,7 +361,7 @@ def complete_sign_in_with_key(tenant: Tenant, actor: Actor, *, pending_token: st
         raise _fail(tenant, pending.email, user, actor, "bad_factor", "webauthn", problem=exc.problem) from exc
     pending.used_at = utcnow()
     return _open(tenant, pending.email, user, identity, actor, "webauthn", two_step=True,
-                 factor_id=str(factor.id), user_verified=user_verified)
+                 session_kind=session_kind, factor_id=str(factor.id), user_verified=user_verified)
 
 
 PURGE_AFTER = timedelta(hours=1)

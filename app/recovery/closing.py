@@ -75,8 +75,8 @@ def suspend_user(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> Reco
 
 
 def _suspicion_from_link(token: str, purpose: str, audited: AuditAction, reason: str, how: str,
-                         ip: str | None, request_id: str | None) -> None:
-    link = redeem_link(token, purpose)
+                         ip: str | None, request_id: str | None, tenant_id: uuid.UUID | None) -> None:
+    link = redeem_link(token, purpose, tenant_id=tenant_id)
     if link is None:
         raise NotFound("This link is not valid (used, expired or never issued).")
     case = db.session.scalars(select(RecoveryCase).where(RecoveryCase.id == link.case_id).with_for_update()).one()
@@ -92,17 +92,21 @@ def _suspicion_from_link(token: str, purpose: str, audited: AuditAction, reason:
         _suspend(actor, target, user, reason, how)
 
 
-def report_not_me(token: str, ip: str | None, request_id: str | None = None) -> None:
-    """The notice's "this wasn't me" link: works without signing in, once."""
+def report_not_me(token: str, ip: str | None, request_id: str | None = None, *,
+                  tenant_id: uuid.UUID | None = None) -> None:
+    """The notice's "this wasn't me" link: works without signing in, once. With `tenant_id`
+    (the link page's tenant), another tenant's link is not found."""
     _suspicion_from_link(token, "report", AuditAction.RECOVERY_REPORTED_NOT_ME,
-                         "The user reported the recovery was not them.", "report_link", ip, request_id)
+                         "The user reported the recovery was not them.", "report_link", ip, request_id, tenant_id)
 
 
-def cancel_scheduled_reset(token: str, ip: str | None, request_id: str | None = None) -> None:
+def cancel_scheduled_reset(token: str, ip: str | None, request_id: str | None = None, *,
+                           tenant_id: uuid.UUID | None = None) -> None:
     """The cooldown notice's cancel link: stop the reset, and treat the case as an attack.
     The use of the link is recorded even when the case is already treated as an attack."""
     _suspicion_from_link(token, "cancel", AuditAction.RECOVERY_RESET_CANCELLED,
-                         "The user cancelled a scheduled reset from the notice.", "cancel_link", ip, request_id)
+                         "The user cancelled a scheduled reset from the notice.", "cancel_link", ip, request_id,
+                         tenant_id)
 
 
 def run_due_scheduled(limit: int = 100) -> int:

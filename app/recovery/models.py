@@ -161,6 +161,9 @@ class RecoveryLink(db.Model):  # type: ignore[name-defined]
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
     case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("recovery_cases.id"), index=True)
     purpose: Mapped[str] = mapped_column(String(16))
+    # The notice that carried it (`mfa.factor_admin_reset`, `reset.scheduled`, ...): its page
+    # tells the user what happened. None on links issued before the pages existed.
+    event: Mapped[str | None] = mapped_column(String(40))
     digest: Mapped[str] = mapped_column(String(64), unique=True)
     token_sealed: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

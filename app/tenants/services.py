@@ -9,6 +9,7 @@ import zoneinfo
 from collections.abc import Sequence
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import select
 
 from app.actor import Actor
@@ -25,7 +26,7 @@ _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
 def create_tenant(*, slug: str, name: str | None = None, settings: dict[str, Any] | None = None) -> Tenant:
     """Create a tenant with its audit chain's first event."""
-    if not _SLUG.match(slug):
+    if not _SLUG.fullmatch(slug):
         raise ValidationFailed("A tenant slug is 2-63 lower-case letters, digits or dashes.")
     unknown = set(settings or {}) - set(DEFAULT_TENANT_SETTINGS)
     if unknown:
@@ -82,10 +83,20 @@ def _expected(name: str, value: Any) -> str | None:
 
 def get_tenant_by_slug(slug: str) -> Tenant:
     """The tenant with this slug, or NotFound."""
+    if not _SLUG.fullmatch(slug):
+        # Never a tenant (NUL, 3000 characters, a path): refused before it reaches SQL.
+        raise NotFound("No such tenant.")
     tenant = db.session.scalars(select(Tenant).where(Tenant.slug == slug)).first()
     if tenant is None:
         raise NotFound("No such tenant.")
     return tenant
+
+
+def page_url(tenant: Tenant, path: str) -> str:
+    """The public URL of one of the tenant's end-user pages (`/t/<slug>/<path>`): browsers cannot
+    send the tenant in a header, so it is in the path."""
+    base = current_app.extensions["rekey.settings"].public_url.rstrip("/")
+    return f"{base}/t/{tenant.slug}/{path}"
 
 
 def create_agent(tenant: Tenant, *, email: str, name: str, role: str, actor: Actor | None = None,

@@ -1,7 +1,7 @@
 """Bad input the fuzzer will not find: look-alike emails, phone formats, NUL in every string
 field, pathological JSON, oversized bodies, tampered and misdirected webhooks, malformed ids,
-wrong content types. Each gets a precise 4xx in the contract's error shape, never a 500, and
-writes nothing."""
+wrong content types, hostile link tokens and tenants in page addresses. Each gets a precise 4xx,
+in the contract's error shape (or, on a page, as an HTML page), never a 500, and writes nothing."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from app.extensions import db
 from tests.adversarial.conftest import TENANT_HEADER, World, _tables, assert_error, post_signed
 from tests.factories import PASSWORD
 from tests.signing import body_of, standard_headers
+from tests.webpages import assert_page
 
 NUL = "ab\x00cd"
 BAD_IDS = [
@@ -402,7 +403,11 @@ def test_two_megabyte_bodies_are_413_on_every_post_route(app: Any, client: Any, 
         headers = {**world.a.senior.headers, TENANT_HEADER: world.a.tenant.slug}
         method = "PATCH" if "PATCH" in (rule.methods or ()) else "POST"
         with nothing_written():
-            assert_error(_raw(client, url, headers, big, method=method), 413, "payload_too_large")
+            answer = _raw(client, url, headers, big, method=method)
+            if _is_page(app, rule):
+                assert "Too much data" in assert_page(answer, 413)
+            else:
+                assert_error(answer, 413, "payload_too_large")
 
 
 def test_two_megabyte_signed_webhook_is_413(client: Any, world: World, nothing_written: Any) -> None:
@@ -542,7 +547,22 @@ def test_webhook_judges_the_signed_bytes_not_the_content_type(client: Any, world
 def _valid_args(world: World) -> dict[str, str]:
     a = world.a
     return {"case_id": a.case_id, "user_id": a.user_id, "call_id": a.call_id, "action": "refuse",
-            "integration_id": str(a.integration.id), "token": uuid.uuid4().hex + ".00", "key_id": a.key_id}
+            "integration_id": str(a.integration.id), "token": uuid.uuid4().hex + ".00",
+            "key_id": a.key_id, "tenant": a.tenant.slug}
+
+
+def _is_page(app: Any, rule: Any) -> bool:
+    from app.webui import PageBlueprint
+
+    return isinstance(app.blueprints.get(rule.endpoint.rpartition(".")[0]), PageBlueprint)
+
+
+def _page_csrf(client: Any, world: World) -> str:
+    """A CSRF token for this client, as a browser holds one from any page it opened."""
+    import re
+
+    page = client.get(f"/t/{world.a.tenant.slug}/links/report/x")
+    return re.search(r'name="csrf-token" content="([0-9a-f]{64})"', page.get_data(as_text=True)).group(1)
 
 
 def _fill(rule: Any, world: World, **override: str) -> str:
@@ -576,6 +596,7 @@ def _body_for(rule: Any, world: World) -> dict[str, Any] | None:
 
 def test_invalid_ids_in_every_path_parameter_are_404(app: Any, client: Any, world: World,
                                                      nothing_written: Any) -> None:
+    csrf = _page_csrf(client, world)
     tried = 0
     for rule in _path_rules(app):
         method = sorted((rule.methods or set()) - {"HEAD", "OPTIONS"})[0]
@@ -586,8 +607,12 @@ def test_invalid_ids_in_every_path_parameter_are_404(app: Any, client: Any, worl
             for bad in BAD_IDS:
                 url = _fill(rule, world, **{name: bad})
                 with nothing_written():
-                    answer = client.open(url, method=method, headers=headers, json=_body_for(rule, world))
-                    assert_error(answer, 404)
+                    if _is_page(app, rule):  # a browser: a form with its CSRF token
+                        answer = client.open(url, method=method, data={"csrf_token": csrf})
+                        assert_page(answer, 404)
+                    else:
+                        answer = client.open(url, method=method, headers=headers, json=_body_for(rule, world))
+                        assert_error(answer, 404)
                 tried += 1
     assert tried >= 10 * len(BAD_IDS)
 
@@ -632,6 +657,59 @@ def test_well_formed_webauthn_answers_that_verify_nothing_are_refused_precisely(
     assert_error(enrol, 422, "challenge_invalid")
     verify = _post(client, world, "POST /v1/auth/signin/webauthn/verify", lambda body: None)
     assert_error(verify, 401, "signin_expired")
+# --- hostile link tokens and tenants in page addresses -----------------------------------------
+
+HOSTILE_TOKENS = ["a" * 3000, "a" * 100_000, "%00", "abc%00def", uuid.uuid4().hex + ".%00" + "0" * 63,
+                  "%C3%A9" * 40, "..%2F..%2Fetc%2Fpasswd", "%EF%BF%BF", "null", " ", "%20%0A"]
+
+
+@pytest.mark.parametrize("purpose", ["report", "cancel"])
+def test_hostile_link_tokens_get_the_invalid_link_page_and_write_nothing(client: Any, world: World,
+                                                                          nothing_written: Any,
+                                                                          purpose: str) -> None:
+    csrf = _page_csrf(client, world)
+    slug = world.a.tenant.slug
+    for token in HOSTILE_TOKENS:
+        with nothing_written():
+            shown = client.get(f"/t/{slug}/links/{purpose}/{token}")
+            confirmed = client.post(f"/t/{slug}/links/{purpose}/{token}", data={"csrf_token": csrf})
+            old = client.get(f"/v1/recovery/{purpose}/{token}")
+        for answer in (shown, confirmed, old):
+            text = assert_page(answer, 404)
+            assert "This link cannot be used" in text or "Page not found" in text, (token[:40], text)
+
+
+def test_hostile_tenants_in_page_addresses_are_the_not_found_page(client: Any, world: World,
+                                                                  nothing_written: Any) -> None:
+    csrf = _page_csrf(client, world)
+    for slug in ["x" * 3000, "%00", "acme%00", "acme%0A", "ACME", "a", "-a", "..", "%C3%A9t%C3%A9",
+                 world.a.tenant.slug.upper(), world.a.tenant.slug + "%0A"]:
+        with nothing_written():
+            assert_page(client.get(f"/t/{slug}/links/report/abc"), 404)
+            assert_page(client.post(f"/t/{slug}/links/report/abc", data={"csrf_token": csrf}), 404)
+
+
+def test_nul_and_garbage_in_a_page_form_are_refused(client: Any, world: World, nothing_written: Any) -> None:
+    url = f"/t/{world.a.tenant.slug}/links/report/{uuid.uuid4().hex}.{'0' * 64}"
+    csrf = _page_csrf(client, world)
+    for data in ({"csrf_token": csrf + "\x00"}, {"csrf_token": "\x00"}, {"csrf_token": "é" * 64},
+                 {"csrf_token": ["a", "b"]}, {"csrf_token": "x" * 100_000}):
+        with nothing_written():
+            assert_page(client.post(url, data=data), 403)
+    with nothing_written():  # the right token, an unknown link: the one invalid-link page
+        assert_page(client.post(url, data={"csrf_token": csrf, "extra": "\x00"}), 404)
+
+
+def test_wrong_content_type_to_a_page_is_refused_without_a_500(client: Any, world: World,
+                                                               nothing_written: Any) -> None:
+    url = f"/t/{world.a.tenant.slug}/links/report/{uuid.uuid4().hex}.{'0' * 64}"
+    for body, kind in ((b'{"csrf_token": "x"}', "application/json"), (b"\xff\xfe", "text/plain"),
+                       (b"--x\r\n", "multipart/form-data; boundary=x"),
+                       (b"a=%zz", "application/x-www-form-urlencoded")):
+        with nothing_written():
+            answer = client.post(url, data=body, content_type=kind)
+            assert answer.status_code in (400, 403), answer.status_code
+            assert_page(answer, answer.status_code)
 
 
 # --- wrong content types, empty bodies, wrong JSON types, overlong and blank strings ---------

@@ -26,6 +26,7 @@ from tests.adversarial.conftest import (
     assert_error,
     post_signed,
 )
+from tests.webpages import assert_page
 
 # How each route is reached, and so how another tenant could try to reach A through it.
 AGENT = "agent: B's agent token with A's ids in the path (or body)"
@@ -37,7 +38,8 @@ PENDING = "sign-in step 2: the pending sign-in's token, found only inside the te
 WEBHOOK = "webhook: the integration in the path, proven by its own signing secret"
 PROVIDER = "provider callback: Twilio's signature; the call is found by Twilio's id"
 LINK = "signed link: the token is the credential, no tenant credential is involved"
-PUBLIC = "public: health and the API document, no tenant data"
+LINK_PAGE = "link page: the token is the credential and the tenant in the path must be the link's own"
+PUBLIC = "public: health, the API document and our static files, no tenant data"
 
 ROUTES: dict[tuple[str, str], str] = {
     ("/v1/admin/users/<user_id>", "GET"): AGENT,
@@ -68,10 +70,16 @@ ROUTES: dict[tuple[str, str], str] = {
     ("/v1/webhooks/twilio/status", "POST"): PROVIDER,
     ("/v1/recovery/report/<token>", "POST"): LINK,
     ("/v1/recovery/cancel/<token>", "POST"): LINK,
+    ("/v1/recovery/report/<token>", "GET"): LINK,  # 303 to the link's page
+    ("/v1/recovery/cancel/<token>", "GET"): LINK,
+    ("/t/<tenant>/links/report/<token>", "GET"): LINK_PAGE,
+    ("/t/<tenant>/links/report/<token>", "POST"): LINK_PAGE,
+    ("/t/<tenant>/links/cancel/<token>", "GET"): LINK_PAGE,
+    ("/t/<tenant>/links/cancel/<token>", "POST"): LINK_PAGE,
     ("/healthz", "GET"): PUBLIC,
     ("/readyz", "GET"): PUBLIC,
     ("/openapi.json", "GET"): PUBLIC,
-    ("/static/<path:filename>", "GET"): PUBLIC,  # Flask's default; Rekey ships no static files
+    ("/static/<path:filename>", "GET"): PUBLIC,  # our CSS, script and the vendored htmx
 }
 
 ACTIONS = ("force_mfa_reset", "generate_backup_codes", "set_temporary_password", "suspend_user", "approve",
@@ -374,6 +382,62 @@ def test_links_are_404_without_a_real_token(client: Any, world: World, unchanged
     for token in (uuid.uuid4().hex + ".00", world.a.case_id, world.a.user_id, "x"):
         with unchanged(world.a):
             assert_error(client.post(f"/v1/recovery/{purpose}/{token}"), 404, "not_found")
+            assert_page(client.get(f"/v1/recovery/{purpose}/{token}"), 404)
+            for slug in (world.a.tenant.slug, world.b.tenant.slug):
+                page = f"/t/{slug}/links/{purpose}/{token}"
+                assert_page(client.get(page), 404)
+                assert_page(client.post(page, data={"csrf_token": _csrf(client, slug)}), 404)
+
+
+def _csrf(client: Any, slug: str) -> str:
+    import re
+
+    page = client.get(f"/t/{slug}/links/report/x").get_data(as_text=True)
+    return re.search(r'name="csrf-token" content="([0-9a-f]{64})"', page).group(1)  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="module")
+def a_link(app: Any, world: World) -> str:
+    """The page path of a real "this wasn't me" link of A's, from a notice the worker code sent."""
+    from app.extensions import db
+    from app.recovery.models import RecoveryCase
+    from app.recovery.notify import announce
+    from tests.recovery_steps import PAGE_LINK
+
+    with app.app_context():
+        announce(db.session.get(RecoveryCase, uuid.UUID(world.a.case_id)), "mfa.factor_enrolled")
+        db.session.commit()
+    world.factory.drain_tasks()
+    from integrations.channels.dev import read_messages
+
+    outbox = app.extensions["rekey.settings"].dev_outbox
+    sent = [m for m in read_messages(outbox, to=world.a.user.email)
+            if f"notice:{world.a.case_id}:mfa.factor_enrolled" in m["idempotency_key"]]
+    return str(PAGE_LINK.findall(sent[-1]["body"])[0][0])
+
+
+def test_a_link_through_b_tenant_path_shows_and_does_nothing(client: Any, world: World, unchanged: Any,
+                                                            a_link: str) -> None:
+    a, b = world.a, world.b
+    through_b = a_link.replace(f"/t/{a.tenant.slug}/", f"/t/{b.tenant.slug}/")
+    assert through_b != a_link
+    with unchanged(a):
+        shown = client.get(through_b)
+        confirmed = client.post(through_b, data={"csrf_token": _csrf(client, b.tenant.slug)})
+    for answer in (shown, confirmed):
+        assert "This link cannot be used" in assert_page(answer, 404)
+        _no_leak(answer, a)
+    # Not vacuous: at A's own path the same link shows A's notice (a GET changes nothing).
+    with unchanged(a):
+        own = client.get(a_link)
+    assert a.case_id in assert_page(own, 200)
+
+
+def test_a_link_in_its_old_form_leads_to_a_page(client: Any, world: World, unchanged: Any, a_link: str) -> None:
+    token = a_link.rsplit("/", 1)[1]
+    with unchanged(world.a):
+        answer = client.get(f"/v1/recovery/report/{token}")
+    assert answer.status_code == 303 and answer.headers["Location"] == a_link
 
 
 @pytest.mark.parametrize("url", ["/healthz", "/readyz", "/openapi.json"])
@@ -383,9 +447,13 @@ def test_public_routes_name_no_tenant(client: Any, world: World, url: str) -> No
     _no_leak(answer, world.a)
 
 
-@pytest.mark.parametrize("name", ["x.js", "../app/config.py", "..%2F..%2Fetc%2Fpasswd", "%00"])
-def test_static_serves_nothing(client: Any, name: str) -> None:
+@pytest.mark.parametrize("name", ["x.js", "../app/config.py", "..%2F..%2Fetc%2Fpasswd", "%00", "../__init__.py",
+                                  "..%2F__init__.py", "%2e%2e/config.py"])
+def test_static_serves_only_our_files(client: Any, name: str) -> None:
     assert_error(client.get(f"/static/{name}"), 404)
+    shown = client.get("/static/css/rekey.css")
+    assert shown.status_code == 200 and shown.mimetype == "text/css"
+    shown.close()
 
 
 # --- the probes are not vacuous: A's own agents reach every object ----------------------------

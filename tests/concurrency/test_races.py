@@ -405,7 +405,7 @@ def test_a_this_wasnt_me_link_clicked_eight_times_at_once_is_used_once(pg, app, 
     factory.drain_tasks()
     mail = [m for m in read_messages(app.extensions["rekey.settings"].dev_outbox, to=user.email)
             if case_id in m["body"]]
-    token = re.search(r"/v1/recovery/report/(\S+)", mail[-1]["body"]).group(1)
+    token = re.search(r"/links/report/(\S+)", mail[-1]["body"]).group(1)
 
     answers = race(app, 8, lambda i, c: answer(c.post(f"/v1/recovery/report/{token}")))
 
@@ -493,8 +493,8 @@ def test_an_old_notices_report_racing_a_senior_admin_on_the_open_case_does_not_d
         enrol_totp(app, user)
         old_case = recovered_and_closed(client, factory, tenant, user, agent)
         mail = [m for m in read_messages(app.extensions["rekey.settings"].dev_outbox, to=user.email)
-                if old_case in m["body"] and "/v1/recovery/report/" in m["body"]]
-        token = re.search(r"/v1/recovery/report/(\S+)", mail[-1]["body"]).group(1)
+                if old_case in m["body"] and "/links/report/" in m["body"]]
+        token = re.search(r"/links/report/(\S+)", mail[-1]["body"]).group(1)
         r = factory.request_recovery(client, integration, secret, user.email)
         new_case = r.get_json()["case_id"]
         factory.drain_tasks()  # a second recovery within the month: escalated

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import CeleryWorker, RedisServer, worker_env
+from tests.integration.conftest import CeleryWorker, RedisServer, module_app, worker_env
 from tests.recovery_steps import World, polled
 from tests.services import need
 
@@ -50,22 +50,9 @@ def broker(tmp_path_factory: Any) -> Iterator[RedisServer]:
 @pytest.fixture(scope="module")
 def app(settings: Any, database_url: str, broker: RedisServer) -> Iterator[Any]:
     """The application under test, publishing to the private broker (the session's database)."""
-    from celery import _state
-
-    from app import create_app
-    from app.extensions import db
-
     assert database_url.startswith("postgresql")
-    previous = _state.default_app
-    application = create_app(replace(settings, broker_url=broker.url, redis_url=broker.url), TESTING=True)
-    try:
+    with module_app(replace(settings, broker_url=broker.url, redis_url=broker.url)) as application:
         yield application
-    finally:
-        if previous is not None:
-            previous.set_current()
-            previous.set_default()
-        with application.app_context():
-            db.engine.dispose()
 
 
 def start_e2e_worker(settings: Any, broker: RedisServer, workdir: Path, *, concurrency: int = 2) -> CeleryWorker:
@@ -112,15 +99,20 @@ def wait_idle(broker_url: str, timeout: float = IDLE_TIMEOUT) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture
-def world(client: Any, factory: Any, worker: CeleryWorker, broker: RedisServer) -> World:
-    """Requests in this process; every task in the real worker."""
+def worker_world(client: Any, factory: Any, broker_url: str, *, timeout: float = 20.0) -> World:
+    """Requests in this process; every task in the real worker consuming `broker_url`."""
 
     def run_task(name: str, kwargs: dict[str, Any]) -> None:
         factory.app.extensions["celery"].send_task(name, kwargs=kwargs)
-        wait_idle(broker.url)
+        wait_idle(broker_url)
 
-    return World(client, factory, polled(timeout=20.0), run_task, lambda: wait_idle(broker.url))
+    return World(client, factory, polled(timeout=timeout), run_task, lambda: wait_idle(broker_url))
+
+
+@pytest.fixture
+def world(client: Any, factory: Any, worker: CeleryWorker, broker: RedisServer) -> World:
+    """Requests in this process; every task in the real worker."""
+    return worker_world(client, factory, broker.url)
 
 
 @pytest.fixture

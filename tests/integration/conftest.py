@@ -217,6 +217,27 @@ class CeleryWorker:
         return self.worker.tail(lines)
 
 
+@contextlib.contextmanager
+def module_app(settings: Any) -> Iterator[Any]:
+    """An application of its own for a module that needs other settings than the session's
+    (another broker, another public URL); the session's Celery app is current again after."""
+    from celery import _state
+
+    from app import create_app
+    from app.extensions import db
+
+    previous = _state.default_app
+    application = create_app(settings, TESTING=True)
+    try:
+        yield application
+    finally:
+        if previous is not None:
+            previous.set_current()
+            previous.set_default()
+        with application.app_context():
+            db.engine.dispose()
+
+
 def _need_services() -> None:
     need("redis")
     need("postgres")
