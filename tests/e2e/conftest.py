@@ -16,13 +16,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import CeleryWorker, RedisServer, worker_env
+from tests.integration.conftest import CeleryWorker, RedisServer, purge, worker_env
 from tests.recovery_steps import World, polled
 from tests.services import need
 
@@ -120,7 +121,17 @@ def world(client: Any, factory: Any, worker: CeleryWorker, broker: RedisServer) 
         factory.app.extensions["celery"].send_task(name, kwargs=kwargs)
         wait_idle(broker.url)
 
-    return World(client, factory, polled(timeout=20.0), run_task, lambda: wait_idle(broker.url))
+    @contextmanager
+    def paused() -> Iterator[None]:
+        wait_idle(broker.url)
+        worker.stop()
+        try:
+            yield
+        finally:
+            worker.start()
+
+    return World(client, factory, polled(timeout=20.0), run_task, lambda: wait_idle(broker.url),
+                 paused=paused, lose_queued=lambda: purge(broker.url))
 
 
 @pytest.fixture
