@@ -15,7 +15,7 @@ from flask import current_app
 from sqlalchemy import func, select, text
 
 from app.accounts.hooks import recovery
-from app.accounts.mfa import consume_backup_code, consume_totp, is_spent_totp
+from app.accounts.mfa import EnrolmentClosed, consume_backup_code, consume_totp, is_spent_totp
 from app.accounts.models import SigninAttempt, User
 from app.accounts.services import (
     active_factors,
@@ -173,6 +173,13 @@ def sign_in(tenant: Tenant, actor: Actor, *, email: str, password: str, otp: str
         raise AccountSuspended("This account is suspended; contact support.")
 
     factors = active_factors(user)
+    if user.enrolment_closed_at is not None and not factors:
+        # A recovery case was refused or suspected after the reset left no factor: the password
+        # (or codes issued in that round) must not open an enrolment until a case is verified.
+        _record(tenant, email, user, actor.ip, "enrolment_closed", method)
+        record_event(actor, AuditAction.SIGNIN_FAILED, tenant_id=tenant.id, target_user_id=user.id,
+                     details={"result": "enrolment_closed", "method": method})
+        raise EnrolmentClosed("This account cannot sign in without a factor until support verifies you again.")
     codes_left = backup_codes_remaining(user.id)
     if (factors or codes_left) and not (otp or backup_code):
         _record(tenant, email, user, actor.ip, "mfa_required", method)

@@ -63,6 +63,11 @@ class RecoveryCase(db.Model):  # type: ignore[name-defined]
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     requests: Mapped[int] = mapped_column(Integer, default=1)
+    # A suspension, a refusal or a reopening ends a round (state.end_round): evidence, verified
+    # phones, an agent's video call and decided actions count only in the round stamped on them.
+    round: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # An escalated case nobody resumes or refuses expires (tenant `escalation_ttl_hours`).
+    escalation_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Evidence(db.Model):  # type: ignore[name-defined]
@@ -82,6 +87,7 @@ class Evidence(db.Model):  # type: ignore[name-defined]
     recorded_by_id: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(Text)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    round: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class VerificationCall(db.Model):  # type: ignore[name-defined]
@@ -107,6 +113,7 @@ class VerificationCall(db.Model):  # type: ignore[name-defined]
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    round: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class CaseAction(db.Model):  # type: ignore[name-defined]
@@ -115,7 +122,8 @@ class CaseAction(db.Model):  # type: ignore[name-defined]
     wait; `queued` runs; `done`, `cancelled` and `failed` are final."""
 
     __tablename__ = "case_actions"
-    __table_args__ = (Index("ix_case_actions_due", "status", "execute_after"),)
+    __table_args__ = (Index("ix_case_actions_due", "status", "execute_after"),
+                      Index("ix_case_actions_sealed_until", "sealed_until"))
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
@@ -133,6 +141,10 @@ class CaseAction(db.Model):  # type: ignore[name-defined]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     execute_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
     done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    round: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # While the secret this action generated waits, sealed in `options`, for its delivery; it
+    # is erased at this time if still undelivered (app/recovery/delivery.py).
+    sealed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class RecoveryLink(db.Model):  # type: ignore[name-defined]
