@@ -77,6 +77,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "expire-cases": {"task": "rekey.recovery.expire_cases", "schedule": 60.0},
             "run-scheduled-resets": {"task": "rekey.recovery.run_scheduled", "schedule": 60.0},
             "requeue-stalled": {"task": "rekey.recovery.requeue_stalled", "schedule": 300.0},
+            "expire-sealed-secrets": {"task": "rekey.recovery.expire_sealed_secrets", "schedule": 600.0},
             "purge-deliveries": {"task": "rekey.intake.purge_deliveries", "schedule": 3600.0},
             "purge-signins": {"task": "rekey.accounts.purge_signins", "schedule": 3600.0},
         },

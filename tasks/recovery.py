@@ -8,7 +8,7 @@ from celery import shared_task
 
 from app.intake import comments
 from app.intake.services import purge_old_deliveries
-from app.recovery import actions, cases, closing, evidence, notify
+from app.recovery import actions, cases, closing, delivery, evidence, notify
 
 
 @shared_task(name="rekey.recovery.screen_case")
@@ -26,14 +26,14 @@ def send_verification_code(call_id: str) -> str | None:
 
 
 @shared_task(name="rekey.recovery.notify_senior_admins")
-def notify_senior_admins(case_id: str) -> int:
-    """Tell the senior admins about an automatic refusal."""
-    return cases.notify_senior_admins(uuid.UUID(case_id))
+def notify_senior_admins(case_id: str, case_round: int = 1, why: str = "refused") -> int:
+    """Tell the senior admins about an automatic refusal or an expired escalation."""
+    return cases.notify_senior_admins(uuid.UUID(case_id), case_round, why)
 
 
 @shared_task(name="rekey.recovery.expire_cases")
 def expire_cases() -> int:
-    """Beat: expire unverified cases past their TTL."""
+    """Beat: expire unverified cases, and escalated ones nobody took up, past their TTL."""
     return cases.expire_overdue()
 
 
@@ -52,8 +52,15 @@ def execute_action(action_id: str) -> str | None:
 
 @shared_task(name="rekey.recovery.deliver_secret")
 def deliver_secret(action_id: str) -> bool:
-    """Text the backup codes or temporary password an action generated to the verified phone."""
-    return actions.deliver_secret(uuid.UUID(action_id))
+    """Text the backup codes or temporary password an action generated to the phone verified in
+    the case's current round, or discard them when the case no longer allows it."""
+    return delivery.deliver_secret(uuid.UUID(action_id))
+
+
+@shared_task(name="rekey.recovery.expire_sealed_secrets")
+def expire_sealed_secrets() -> int:
+    """Beat: erase secrets still undelivered after 24 hours."""
+    return delivery.expire_sealed_secrets()
 
 
 @shared_task(name="rekey.recovery.notify_channel")

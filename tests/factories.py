@@ -125,6 +125,16 @@ class RecoveryFactory(Factory):
             db.session.commit()
             return case.state if case else "missing"
 
+    def forget_tasks(self) -> None:
+        """Never run the tasks queued so far (as if the broker lost them)."""
+        from sqlalchemy import select
+
+        from app.jobs.models import OutboxMessage
+
+        with self.app.app_context():
+            self._drained.update(db.session.scalars(
+                select(OutboxMessage.id).where(OutboxMessage.created_at >= self.started_at)).all())
+
     def drain_tasks(self, *, rounds: int = 10) -> list[str]:
         """Run, in this process, every task the outbox queued since this factory was made, until
         none is left: the same task code the worker runs, without a broker (the worker tests

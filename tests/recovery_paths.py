@@ -37,6 +37,7 @@ from tests.recovery_steps import (
     open_session,
     signin,
     state,
+    trust_again,
     user_row,
     verified_case,
     verify_by_callback,
@@ -274,6 +275,9 @@ def path_suspected_attack(world: World) -> str:
     assert r.status_code == 403, r.json
     r = act(world, case_id, "resume", c.senior, reason="Real user reached on the number on file")
     assert r.status_code == 200 and r.json["case"]["state"] == "awaiting_verification", r.json
+    # The phone the suspect answered on verifies nobody until a senior admin trusts it again.
+    assert case(world, case_id, c.agent)["callable_channels"][0]["callable"] is False
+    trust_again(world, c)
     verify_by_callback(world, case_id, c.agent)  # the phone added during the case is not callable
     r = act(world, case_id, "force_mfa_reset", c.agent, reason=RESET_REASON)
     assert r.status_code == 200, r.json
@@ -303,20 +307,21 @@ def path_privileged(world: World) -> str:
     assert r.status_code == 200, r.json
     verify_by_callback(world, case_id, c.agent)
     assert state(world, case_id, c.agent) == "awaiting_verification"  # one type is not enough here
-    verify_by_video(world, case_id, c.agent)
+    verify_by_video(world, case_id, c.senior)  # a second person records the second type
     assert state(world, case_id, c.agent) == "verified"
 
     r = act(world, case_id, "force_mfa_reset", c.senior, reason=RESET_REASON)
     assert r.status_code == 200 and r.json["action"]["status"] == "awaiting_approval", r.json
-    r = act(world, case_id, "approve", c.senior)
+    action_id = r.json["action"]["id"]
+    r = act(world, case_id, "approve", c.senior, action_id=action_id)
     assert r.status_code == 403 and r.json["error"]["code"] == "same_person", r.json
-    r = act(world, case_id, "approve", c.agent)
+    r = act(world, case_id, "approve", c.agent, action_id=action_id)
     assert r.status_code == 403, r.json
     world.quiesce()
     assert active_factor_count(world, c.user) == 1 and audit(world, c.tenant, "mfa.factor_admin_reset") == []
 
     second = world.factory.agent(c.tenant, "senior_admin")
-    r = act(world, case_id, "approve", second, reason="Second person: evidence reviewed")
+    r = act(world, case_id, "approve", second, action_id=action_id, reason="Second person: evidence reviewed")
     assert r.status_code == 200 and r.json["action"]["status"] == "queued", r.json
     world.settle(lambda: state(world, case_id, c.agent) == "awaiting_enrolment", "the approved reset")
     row = expect_one_audit(world, c, "mfa.factor_admin_reset", case_id, c.senior, RESET_REASON)

@@ -15,6 +15,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -76,7 +77,11 @@ def in_process(client: Any, factory: Any) -> World:
         factory.app.extensions["celery"].tasks[name](**kwargs)
         factory.drain_tasks()
 
-    return World(client, factory, drained(factory), run_task, lambda: factory.drain_tasks())
+    def lose_queued() -> None:
+        factory.forget_tasks()
+
+    return World(client, factory, drained(factory), run_task, lambda: factory.drain_tasks(),
+                 lose_queued=lose_queued)
 
 
 @dataclass
@@ -88,6 +93,11 @@ class World:
     run_task: Callable[[str, dict[str, Any]], None]
     # Let every queued task finish (to check that something did NOT happen).
     quiesce: Callable[[], None]
+    # Hold the worker while the block runs: what the block queues waits until it ends (in
+    # process nothing runs unless drained anyway).
+    paused: Callable[[], AbstractContextManager[None]] = nullcontext
+    # Lose every task queued so far (a broker that dropped them): only beat's sweeps find the work.
+    lose_queued: Callable[[], None] = lambda: None
     handed_out: list[str] = field(default_factory=list)  # every secret the test saw
     fakes: list[Any] = field(default_factory=list)  # the vendor servers the test's cases talk to
 
@@ -282,6 +292,19 @@ def verify_by_video(world: World, case_id: str, agent: Any) -> None:
                           json={"type": "video_call", "details": VIDEO, "reason": "Video call, matched HR photo"},
                           headers=agent.headers)
     assert r.status_code == 201, r.json
+
+
+def trust_again(world: World, c: Cast, value: str = PHONE,
+                reason: str = "Carrier confirmed the number is back with its owner; ticket #1234") -> None:
+    """A senior admin marks the phone the suspect verified trusted again (issue 8, item 2)."""
+    from app.accounts.models import Channel
+
+    with world.app.app_context():
+        cid = db.session.scalars(select(Channel.id).where(Channel.user_id == c.user.id,
+                                                          Channel.value == value)).one()
+    r = world.client.post(f"/v1/admin/users/{c.user.id}/channels/{cid}/trust", json={"reason": reason},
+                          headers=c.senior.headers)
+    assert r.status_code == 200, r.json
 
 
 def verified_case(world: World, c: Cast, **kw: Any) -> str:

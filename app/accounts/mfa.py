@@ -7,18 +7,19 @@ import secrets
 import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pyotp
 from sqlalchemy import select, update
 
 from app.accounts.hooks import recovery
 from app.accounts.models import BackupCode, MfaFactor, PasswordIdentity, User, UserSession
-from app.accounts.services import check_new_password, revoke_sessions
+from app.accounts.services import active_factors, check_new_password, revoke_sessions
 from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
 from app.crypto import decrypt, encrypt, hash_code, hash_password, verify_code, verify_password
-from app.errors import Conflict, RuleRefused
+from app.errors import Conflict, Forbidden, RuleRefused
 from app.extensions import db, rows_changed, utcnow
 
 TOTP_PERIOD = 30
@@ -35,12 +36,28 @@ class InvalidFactorCode(RuleRefused):
     code = "invalid_code"
 
 
+class EnrolmentClosed(Forbidden):
+    code = "enrolment_closed"
+    keep_changes = True  # the refused sign-in is recorded
+
+
+def enrolment_closed(user: User) -> bool:
+    """Whether a refused or suspected recovery closed the user's enrolment window: the user has
+    no factor left, so a password alone (perhaps the attacker's) must not bind a new one. The
+    recovery layer sets the mark on the user and clears it when a case is verified again; it is
+    kept on the user, not asked of recovery, because accounts sits below recovery and the mark is
+    a fact about the account (like `status`), read on every sign-in without reaching up."""
+    return user.enrolment_closed_at is not None and not active_factors(user)
+
+
 # --- TOTP -----------------------------------------------------------------------------------
 
 
 def start_totp_enrolment(actor: Actor, user: User, *, issuer: str) -> tuple[MfaFactor, str, str]:
     """Create a pending TOTP factor; returns it, the base32 secret and the otpauth URI (shown
     only to the user's own session, once)."""
+    if enrolment_closed(user):
+        raise EnrolmentClosed("Enrolment is closed for this account until support verifies you again.")
     for factor in user.factors:
         if factor.status == "pending":  # an abandoned enrolment dies when a new one starts
             factor.status, factor.removed_at = "removed", utcnow()
@@ -105,6 +122,11 @@ def confirm_totp_enrolment(actor: Actor, user: User, code: str) -> MfaFactor:
     # are read once the case is ours, so a reset that just ran is seen (the enrolment it removed
     # stays removed). Taking the factor first deadlocked with a reset running at the same time.
     case_id = recovery().lock_case_for_enrolment(user)
+    # Read again under a lock, after the case's: a refusal that closed the window while this
+    # request was on its way (its session was revoked a moment ago) must win.
+    db.session.refresh(user, with_for_update=True)
+    if enrolment_closed(user):
+        raise EnrolmentClosed("Enrolment is closed for this account until support verifies you again.")
     pending = list(db.session.scalars(select(MfaFactor).where(
         MfaFactor.user_id == user.id, MfaFactor.status == "pending").order_by(MfaFactor.created_at)
         .with_for_update().execution_options(populate_existing=True)).all())
@@ -153,9 +175,10 @@ def normalize_backup_code(raw: str) -> str | None:
 
 
 def issue_backup_codes(actor: Actor, user: User, *, reason: str | None = None,
-                       case_id: uuid.UUID | None = None) -> list[str]:
+                       case_id: uuid.UUID | None = None, extra: dict[str, Any] | None = None) -> list[str]:
     """Replace every unused code with a fresh set of ten; returns the codes (shown once).
-    `case_id` names the recovery case an admin generated them for, in the audit trail."""
+    `case_id` names the recovery case an admin generated them for, and `extra` adds (non-secret)
+    facts of that decision, in the audit trail."""
     now = utcnow()
     db.session.execute(
         update(BackupCode)
@@ -179,8 +202,15 @@ def issue_backup_codes(actor: Actor, user: User, *, reason: str | None = None,
     record_event(actor, AuditAction.BACKUP_CODES_GENERATED, tenant_id=user.tenant_id,
                  target_user_id=user.id, case_id=case_id, reason=reason,
                  details={"count": BACKUP_CODE_COUNT, "batch_id": str(batch),
-                          "by": "admin" if actor.type == "agent" else actor.type})
+                          "by": "admin" if actor.type == "agent" else actor.type, **(extra or {})})
     return codes
+
+
+def revoke_backup_code_batch(user: User, batch_id: uuid.UUID) -> int:
+    """Revoke the unused codes of one batch (codes that never reached their user)."""
+    return rows_changed(update(BackupCode).where(
+        BackupCode.user_id == user.id, BackupCode.batch_id == batch_id, BackupCode.used_at.is_(None),
+        BackupCode.revoked_at.is_(None)).values(revoked_at=utcnow()).execution_options(synchronize_session=False)) or 0
 
 
 def consume_backup_code(user: User, raw: str) -> bool:

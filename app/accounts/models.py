@@ -20,8 +20,13 @@ class User(db.Model):  # type: ignore[name-defined]
     display_name: Mapped[str] = mapped_column(String(200), default="")
     external_id: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | suspended
+    suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     privileged: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set when a recovery case was refused or suspected while the user had no factor left: a
+    # sign-in without a factor is refused, and no factor can be enrolled, until a case of the
+    # user is verified again (the recovery layer sets and clears it; see app/recovery/state.py).
+    enrolment_closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     password: Mapped[PasswordIdentity | None] = relationship(back_populates="user", uselist=False)
     channels: Mapped[list[Channel]] = relationship(back_populates="user", order_by="Channel.added_at")
@@ -71,6 +76,10 @@ class Channel(db.Model):  # type: ignore[name-defined]
     added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A phone verified in a round that ended as a suspected attack (a SIM swap, perhaps): not
+    # accepted for verification again until a senior admin marks it trusted, with a reason.
+    compromised_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    compromised_case_id: Mapped[uuid.UUID | None] = mapped_column()
 
     user: Mapped[User] = relationship(back_populates="channels")
 
@@ -192,7 +201,7 @@ class SigninAttempt(db.Model):  # type: ignore[name-defined]
     # unknown account locks exactly like a real one and lockout reveals nothing.
     email: Mapped[str] = mapped_column(String(320))
     ip: Mapped[str | None] = mapped_column(String(64))
-    # succeeded | mfa_required | bad_password | bad_factor | locked | suspended | unknown_user |
+    # succeeded | mfa_required | bad_password | bad_factor | locked | suspended | enrolment_closed | unknown_user |
     # throttled (per IP) | busy (another attempt for the account in flight)
     result: Mapped[str] = mapped_column(String(32))
     method: Mapped[str] = mapped_column(String(16))  # password | totp | backup_code | webauthn

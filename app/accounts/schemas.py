@@ -78,13 +78,21 @@ class _Identity(Schema):
     linked_at = fields.DateTime()
 
 
-class _Channel(Schema):
+class ChannelOut(Schema):
     id = fields.UUID()
     kind = fields.String()
     value = fields.String(metadata={"description": "phones are masked"})
     added_at = fields.DateTime()
     verified_at = fields.DateTime(allow_none=True)
     removed_at = fields.DateTime(allow_none=True)
+    compromised_at = fields.DateTime(allow_none=True, metadata={
+        "description": "Set when the phone was verified in a round that ended as a suspected attack: "
+                       "it verifies nobody until a senior admin trusts it again"})
+    compromised_case_id = fields.UUID(allow_none=True)
+
+
+class TrustIn(Schema):
+    reason = fields.String(required=True, validate=validate.Length(min=3, max=2000))
 
 
 class _Signin(Schema):
@@ -99,13 +107,16 @@ class UserDetailOut(Schema):
     email = fields.String()
     display_name = fields.String()
     status = fields.String()
+    enrolment_closed_at = fields.DateTime(allow_none=True, metadata={
+        "description": "Set while a refused or suspected recovery left the user without a factor: "
+                       "no sign-in without a factor until a case is verified again"})
     privileged = fields.Boolean()
     created_at = fields.DateTime()
     password = fields.Nested(_PasswordState)
     factors = fields.List(fields.Nested(FactorOut))
     backup_codes = fields.Nested(_BackupCodesState)
     identities = fields.List(fields.Nested(_Identity))
-    channels = fields.List(fields.Nested(_Channel))
+    channels = fields.List(fields.Nested(ChannelOut))
     recent_signins = fields.List(fields.Nested(_Signin))
 
 

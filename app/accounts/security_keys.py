@@ -40,7 +40,7 @@ from webauthn.helpers.structs import (
 )
 
 from app.accounts.hooks import recovery
-from app.accounts.mfa import record_enrolment
+from app.accounts.mfa import EnrolmentClosed, enrolment_closed, record_enrolment
 from app.accounts.models import MfaFactor, User, WebAuthnChallenge, WebAuthnCredential
 from app.accounts.services import require_live_session
 from app.actor import Actor
@@ -196,6 +196,8 @@ def active_keys(user: User) -> list[WebAuthnCredential]:
 
 def registration_options(user: User, session_id: uuid.UUID) -> dict[str, Any]:
     """Start registering a key in this session: the creation options for the browser."""
+    if enrolment_closed(user):
+        raise EnrolmentClosed("Enrolment is closed for this account until support verifies you again.")
     rp = relying_party()
     tenant = db.session.get(Tenant, user.tenant_id)
     assert tenant is not None
@@ -227,6 +229,11 @@ def register_key(actor: Actor, user: User, session_id: uuid.UUID, credential: di
     # reset that committed while this request waited revoked the session: it enrols nothing.
     case_id = recovery().lock_case_for_enrolment(user)
     require_live_session(session_id)
+    # As for an authenticator app: a refusal that closed the enrolment window while this
+    # request was on its way wins (read under a lock, after the case's).
+    db.session.refresh(user, with_for_update=True)
+    if enrolment_closed(user):
+        raise EnrolmentClosed("Enrolment is closed for this account until support verifies you again.")
     challenge = _claim_challenge("registration", session_id=session_id)
     try:
         verified = verify_registration_response(

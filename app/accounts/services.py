@@ -11,7 +11,7 @@ from typing import Any
 
 import phonenumbers
 from flask import current_app
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, select, update
 
 from app.accounts.models import (
     BackupCode,
@@ -28,10 +28,10 @@ from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
 from app.crypto import hash_password, new_token, token_digest
-from app.emails import normalize_email
-from app.errors import Forbidden, NotFound, RuleRefused, Unauthenticated, ValidationFailed
+from app.emails import normalize_email, same_mailbox
+from app.errors import Conflict, Forbidden, NotFound, RuleRefused, Unauthenticated, ValidationFailed
 from app.extensions import db, rows_changed, utcnow
-from app.tenants.models import Tenant
+from app.tenants.models import Agent, AgentIdentity, Tenant
 
 # A note that looks like a one-time code or a backup code is refused: agents must never paste a
 # secret into the permanent record. Codes are matched in every form sign-in accepts them: a
@@ -202,6 +202,8 @@ def require_live_session(session_id: uuid.UUID) -> None:
                                  .execution_options(populate_existing=True)).first()
     if session is None or session.revoked_at is not None or session.expires_at <= utcnow():
         raise Unauthenticated("The session is not valid.")
+
+
 def end_session(token: str) -> bool:
     """Sign out: revoke the one session this token names; False when it was not live."""
     return rows_changed(update(UserSession).where(
@@ -209,11 +211,14 @@ def end_session(token: str) -> bool:
     ).values(revoked_at=utcnow())) > 0
 
 
-def revoke_sessions(user_id: uuid.UUID, *, except_id: uuid.UUID | None = None) -> int:
-    """Revoke every live session of the user (but `except_id`); returns how many."""
+def revoke_sessions(user_id: uuid.UUID, *, except_id: uuid.UUID | None = None, scope: str | None = None) -> int:
+    """Revoke every live session of the user (but `except_id`; only `scope` ones if given);
+    returns how many."""
     stmt = update(UserSession).where(UserSession.user_id == user_id, UserSession.revoked_at.is_(None))
     if except_id is not None:
         stmt = stmt.where(UserSession.id != except_id)
+    if scope is not None:
+        stmt = stmt.where(UserSession.scope == scope)
     return rows_changed(stmt.values(revoked_at=utcnow())) or 0
 
 
@@ -235,6 +240,7 @@ def describe_user(actor: Actor, user_id: uuid.UUID | str) -> dict[str, Any]:
         "email": user.email,
         "display_name": user.display_name,
         "status": user.status,
+        "enrolment_closed_at": user.enrolment_closed_at,
         "privileged": user.privileged,
         "created_at": user.created_at,
         "password": {
@@ -254,17 +260,21 @@ def describe_user(actor: Actor, user_id: uuid.UUID | str) -> dict[str, Any]:
             {"id": i.id, "issuer": i.issuer, "subject": i.subject, "linked_at": i.linked_at}
             for i in user.identities
         ],
-        "channels": [
-            {"id": c.id, "kind": c.kind,
-             "value": mask_phone(c.value) if c.kind == "phone" else c.value,
-             "added_at": c.added_at, "verified_at": c.verified_at, "removed_at": c.removed_at}
-            for c in user.channels
-        ],
+        "channels": [channel_view(c) for c in user.channels],
         "recent_signins": [
             {"occurred_at": a.occurred_at, "ip": a.ip, "result": a.result, "method": a.method}
             for a in attempts
         ],
     }
+
+
+def channel_view(channel: Channel) -> dict[str, Any]:
+    """A channel as an agent sees it: phones masked, with when it was added and whether a
+    suspected attack left it compromised."""
+    return {"id": channel.id, "kind": channel.kind,
+            "value": mask_phone(channel.value) if channel.kind == "phone" else channel.value,
+            "added_at": channel.added_at, "verified_at": channel.verified_at, "removed_at": channel.removed_at,
+            "compromised_at": channel.compromised_at, "compromised_case_id": channel.compromised_case_id}
 
 
 def _looks_like_secret(text: str) -> bool:
@@ -299,3 +309,54 @@ def add_note(actor: Actor, user_id: uuid.UUID | str, body: str) -> Note:
     record_event(actor, AuditAction.NOTE_ADDED, target_user_id=user.id, reason=clean,
                  details={"note_id": str(note.id)})
     return note
+
+
+def agent_owns_user(agent: Agent, user: User) -> bool:
+    """Whether the agent is this user: the same mailbox (however it is spelt: Unicode width, case,
+    a plus-alias) as the user's address or an email channel, the user's external id, or a
+    federated subject linked to both. Any one is enough: a full-width copy of an agent's own
+    address once passed a raw compare."""
+    addresses = [user.email, *db.session.scalars(select(Channel.value).where(
+        Channel.user_id == user.id, Channel.kind == "email")).all()]
+    if any(same_mailbox(agent.email, address) for address in addresses):
+        return True
+    if agent.external_id and user.external_id and _id_key(agent.external_id) == _id_key(user.external_id):
+        return True
+    return db.session.scalars(select(AgentIdentity.id).join(FederatedIdentity, and_(
+        FederatedIdentity.issuer == AgentIdentity.issuer, FederatedIdentity.subject == AgentIdentity.subject,
+        FederatedIdentity.tenant_id == AgentIdentity.tenant_id)).where(
+        AgentIdentity.agent_id == agent.id, FederatedIdentity.user_id == user.id)).first() is not None
+
+
+def _id_key(external_id: str) -> str:
+    return unicodedata.normalize("NFKC", external_id).casefold().strip()
+
+
+def trust_channel(actor: Actor, user_id: uuid.UUID | str, channel_id: uuid.UUID | str, *, reason: str) -> Channel:
+    """A senior admin marks a compromised channel trusted again, with a reason (audited)."""
+    assert actor.tenant_id is not None
+    user = get_user(actor.tenant_id, user_id)
+    try:
+        cid = uuid.UUID(str(channel_id))
+    except ValueError as exc:
+        raise NotFound("No such channel on this user.") from exc
+    channel = db.session.scalars(select(Channel).where(Channel.id == cid, Channel.user_id == user.id)
+                                 .with_for_update()).first()
+    if channel is None:
+        raise NotFound("No such channel on this user.")
+    if not actor.is_senior_admin:
+        raise Forbidden("Only a senior admin may trust a channel again.", details={"required_roles": ["senior_admin"]})
+    if not reason or not reason.strip():
+        raise ValidationFailed("A reason is required.", details={"field": "reason"})
+    agent = db.session.get(Agent, uuid.UUID(actor.id or ""))
+    if agent is not None and agent_owns_user(agent, user):
+        # Separation of duties: nobody vouches for a channel of their own account.
+        raise Forbidden("Agents cannot trust a channel of their own account.", code="own_account")
+    if channel.compromised_at is None:
+        raise Conflict("This channel is not marked compromised.", details={"channel_id": str(channel.id)})
+    was = {"compromised_at": channel.compromised_at.isoformat(),
+           "compromised_case_id": str(channel.compromised_case_id) if channel.compromised_case_id else None}
+    channel.compromised_at, channel.compromised_case_id = None, None
+    record_event(actor, AuditAction.USER_CHANNEL_TRUSTED, target_user_id=user.id, reason=reason.strip(),
+                 details={"channel_id": str(channel.id), "kind": channel.kind, **was})
+    return channel

@@ -25,7 +25,7 @@ from sqlalchemy import delete, func, select, text
 
 from app.accounts import security_keys
 from app.accounts.hooks import recovery
-from app.accounts.mfa import consume_backup_code, consume_totp, is_spent_totp
+from app.accounts.mfa import EnrolmentClosed, consume_backup_code, consume_totp, is_spent_totp
 from app.accounts.models import PasswordIdentity, PendingSignin, SigninAttempt, User, WebAuthnChallenge
 from app.accounts.services import (
     active_factors,
@@ -200,6 +200,13 @@ def _check_password(tenant: Tenant, actor: Actor, email: str, password: str,
         result = "unknown_user" if user is None else "bad_password"
         raise _fail(tenant, email, user, actor, result, method)
     _require_active(tenant, email, user, actor, method)
+    if user.enrolment_closed_at is not None and not active_factors(user):
+        # A recovery case was refused or suspected after the reset left no factor: the password
+        # (or codes issued in that round) must not open an enrolment until a case is verified.
+        _record(tenant, email, user, actor.ip, "enrolment_closed", method)
+        record_event(actor, AuditAction.SIGNIN_FAILED, tenant_id=tenant.id, target_user_id=user.id,
+                     details={"result": "enrolment_closed", "method": method})
+        raise EnrolmentClosed("This account cannot sign in without a factor until support verifies you again.")
     return user, identity
 
 

@@ -10,6 +10,7 @@ from app.accounts import mfa, security_keys
 from app.accounts import signin as steps
 from app.accounts.schemas import (
     BackupCodesOut,
+    ChannelOut,
     CodeIn,
     FactorOut,
     KeyAssertionIn,
@@ -27,10 +28,19 @@ from app.accounts.schemas import (
     SigninOut,
     StatusOut,
     TotpEnrolmentOut,
+    TrustIn,
     UserDetailOut,
     WebAuthnOptionsOut,
 )
-from app.accounts.services import active_factors, add_note, backup_codes_remaining, describe_user, get_user
+from app.accounts.services import (
+    active_factors,
+    add_note,
+    backup_codes_remaining,
+    channel_view,
+    describe_user,
+    get_user,
+    trust_channel,
+)
 from app.errors import Forbidden, NotFound, Unauthenticated
 from app.extensions import db
 from app.tenants.models import Tenant
@@ -258,3 +268,16 @@ def user_detail(user_id: str) -> Any:
 def post_note(body: dict[str, Any], user_id: str) -> Any:
     """Add a manual note to the user's record (and the audit trail)."""
     return add_note(current_actor(), user_id, body["body"])
+
+
+@admin_users.route("/<user_id>/channels/<channel_id>/trust", methods=["POST"])
+@agent_required()
+@admin_users.doc(responses=error_responses({
+    403: "Only a senior admin may trust a channel again (and never one of their own account).",
+    404: NO_USER + " Or no such channel on the user.",
+    409: "The channel is not marked compromised."}))
+@admin_users.arguments(TrustIn)
+@admin_users.response(200, ChannelOut)
+def trust(body: dict[str, Any], user_id: str, channel_id: str) -> Any:
+    """Mark a phone verified in a suspected attack's round trusted again (senior admin, reason)."""
+    return channel_view(trust_channel(current_actor(), user_id, channel_id, reason=body["reason"]))

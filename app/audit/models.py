@@ -71,6 +71,13 @@ class AuditAction(StrEnum):
     RECOVERY_REPORTED_NOT_ME = "recovery.reported_not_me"
     RECOVERY_RESET_CANCELLED = "recovery.reset_cancelled"
     USER_REACTIVATED = "user.reactivated"
+    USER_CHANNEL_TRUSTED = "user.channel_trusted"
+    USER_ENROLMENT_CLOSED = "user.enrolment_closed"
+    USER_ENROLMENT_REOPENED = "user.enrolment_reopened"
+    RECOVERY_ACTION_SCHEDULED = "recovery.action_scheduled"
+    RECOVERY_SECRET_DELIVERED = "recovery.secret_delivered"
+    RECOVERY_SECRET_DISCARDED = "recovery.secret_discarded"
+    RECOVERY_SECRET_EXPIRED = "recovery.secret_expired"
     TASK_DEAD_LETTERED = "task.dead_lettered"
 
 

@@ -18,20 +18,26 @@ from app.crypto import decrypt
 from app.extensions import db
 from app.intake.models import Integration
 from app.jobs.services import claim_effect
-from app.recovery.evidence import accepted_types
 from app.recovery.models import CaseAction, RecoveryCase
+from app.recovery.rounds import accepted_types
+from app.recovery.state import effect_key
 from integrations.base import TicketRef
 from integrations.registry import ticketing_client
 
 
 def _ticket_comment(case: RecoveryCase) -> str:
     reset = db.session.scalars(select(CaseAction).where(
-        CaseAction.case_id == case.id, CaseAction.status == "done")).all()
+        CaseAction.case_id == case.id, CaseAction.status == "done", CaseAction.round == case.round)).all()
     done = ", ".join(sorted({a.action for a in reset})) or "none (the user recovered on their own)"
     return (f"Rekey: the account recovery for this request is complete (case {case.id}). "
             f"Identity verified out of band by: {', '.join(accepted_types(case)) or 'n/a'}. "
             f"Admin actions: {done}. The user enrolled a new factor and was sent a follow-up. "
             "No codes or passwords are ever shared in tickets; the audit log holds the details.")
+
+
+def _comment_key(case: RecoveryCase) -> str:
+    """The vendor-side idempotency key of the round's comment (round 1 keeps the original)."""
+    return f"rekey-case-{case.id}" if case.round == 1 else f"rekey-case-{case.id}-r{case.round}"
 
 
 def post_ticket_comment(case_id: uuid.UUID) -> str | None:
@@ -41,7 +47,8 @@ def post_ticket_comment(case_id: uuid.UUID) -> str | None:
     if case is None or case.integration_id is None or case.ticket_id is None:
         return None
     integration = db.session.get(Integration, case.integration_id)
-    if integration is None or not claim_effect(f"case:{case_id}:ticket_comment"):
+    # Once per round: a case recovered again after a suspicion reports again.
+    if integration is None or not claim_effect(effect_key(case.id, case.round, "ticket_comment")):
         return None
     credentials: dict[str, Any] = (json.loads(decrypt(integration.outbound_encrypted))
                                    if integration.outbound_encrypted else {})
@@ -54,7 +61,7 @@ def post_ticket_comment(case_id: uuid.UUID) -> str | None:
         return None  # no outbound configured for this integration: nothing to post to
     ref = TicketRef(base_url=base_url, ticket_id=case.ticket_id, credentials=credentials)
     remote_id = ticketing_client(integration.kind).post_comment(ref, _ticket_comment(case),
-                                                                idempotency_key=f"rekey-case-{case.id}")
+                                                                idempotency_key=_comment_key(case))
     record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_TICKET_COMMENTED, tenant_id=case.tenant_id,
                  target_user_id=case.user_id, case_id=case.id,
                  details={"integration_id": str(integration.id), "remote_id": remote_id[:100]})

@@ -1,42 +1,41 @@
 """The runbook's destructive actions (steps 3-4 and "what can go wrong").
 
 A request here decides and records; a task carries the effect out. No reset, temporary
-password or admin backup codes without a verified case; the risk screen runs again before each;
-a privileged user's reset needs a second person; an optional cooldown gives the real user a
-one-click cancel. Each effect is written with its audit event in the task's one transaction.
+password or admin backup codes without evidence from the case's current round; the risk screen
+runs again before each; on a privileged user each needs a second senior admin; an optional
+cooldown holds each and gives the real user a one-click cancel. Each effect is written with its
+audit event in the task's one transaction; secrets are delivered by app/recovery/delivery.py.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 import string
 import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from app.accounts.mfa import issue_backup_codes
 from app.accounts.models import BackupCode, MfaFactor, PasswordIdentity, RememberedDevice, User
 from app.accounts.services import backup_codes_remaining, revoke_sessions
 from app.actor import Actor
-from app.audit.models import AuditAction, AuditEvent
+from app.audit.models import AuditAction
 from app.audit.services import record_event
-from app.crypto import UnreadableCiphertext, decrypt, encrypt, hash_password
-from app.errors import Conflict, Forbidden, RuleRefused
+from app.crypto import hash_password
+from app.errors import Conflict, Forbidden, NotFound, RuleRefused, ValidationFailed
 from app.extensions import db, rows_changed, utcnow
-from app.jobs.services import claim_effect, enqueue, record_dead_letter
+from app.jobs.services import claim_effect, enqueue
 from app.recovery import models as m
-from app.recovery.evidence import accepted_types, evidence_sufficient
-from app.recovery.models import CaseAction, Evidence, RecoveryCase, VerificationCall
+from app.recovery.delivery import seal_for_delivery
+from app.recovery.models import CaseAction, Evidence, RecoveryCase
 from app.recovery.notify import announce
 from app.recovery.pending import pending_actions
 from app.recovery.risk import unusual_activity
+from app.recovery.rounds import accepted_types, evidence_sufficient, verified_phone
 from app.recovery.state import case_user, ensure_reason, load_case, move, refuse, require
 from app.tenants.models import Tenant
-from app.tenants.services import page_url
-from integrations.base import PermanentDeliveryError
 
 TEMP_PASSWORD_LENGTH = 20
 TEMP_PASSWORD_TTL = timedelta(hours=24)
@@ -53,6 +52,10 @@ class BackupCodesRemain(RuleRefused):
 
 class NoVerifiedChannel(RuleRefused):
     code = "no_verified_channel"
+
+
+class DeliveryNotOffered(RuleRefused):
+    code = "delivery_not_offered"
 
 
 class RefusedOnRescreen(RuleRefused):
@@ -74,9 +77,9 @@ def _gate(actor: Actor, case: RecoveryCase, user: User) -> None:
     assert tenant is not None
     unusual, failures = unusual_activity(tenant, user)
     if unusual:
-        refuse(actor, case, "unusual_activity", "Unusual sign-in activity found when acting on the case.",
-                facts={"failed_signins_from_unknown_ips": failures})
-        enqueue("rekey.recovery.notify_senior_admins", case_id=str(case.id))
+        ended = refuse(actor, case, "unusual_activity", "Unusual sign-in activity found when acting on the case.",
+                       facts={"failed_signins_from_unknown_ips": failures})
+        enqueue("rekey.recovery.notify_senior_admins", case_id=str(case.id), case_round=ended)
         raise RefusedOnRescreen("Unusual recent sign-in activity: the case was refused and escalated.")
 
 
@@ -84,7 +87,8 @@ def _new_action(actor: Actor, case: RecoveryCase, action: str, reason: str, stat
                 options: dict[str, Any] | None = None) -> CaseAction:
     row = CaseAction(id=uuid.uuid4(), tenant_id=case.tenant_id, case_id=case.id, action=action, status=status,
                      requested_by=actor.id or actor.type, requested_role=actor.role, reason=reason,
-                     options=options or {}, request_id=actor.request_id, source_ip=actor.ip, created_at=utcnow())
+                     options=options or {}, request_id=actor.request_id, source_ip=actor.ip, created_at=utcnow(),
+                     round=case.round)
     db.session.add(row)
     db.session.flush()
     return row
@@ -97,19 +101,49 @@ def _queue(actor: Actor, case: RecoveryCase, row: CaseAction) -> None:
     enqueue("rekey.recovery.execute_action", action_id=str(row.id))
 
 
-def _schedule_or_queue(actor: Actor, case: RecoveryCase, row: CaseAction) -> None:
+def cooldown_hours(case: RecoveryCase) -> float:
+    """The tenant's cooldown before any destructive action runs (0: none)."""
     tenant = db.session.get(Tenant, case.tenant_id)
     assert tenant is not None
-    hours = float(tenant.setting("reset_cooldown_hours") or 0)
-    if row.action == "force_mfa_reset" and hours > 0:
-        row.status, row.execute_after = "scheduled", utcnow() + timedelta(hours=hours)
-        record_event(actor, AuditAction.RECOVERY_RESET_SCHEDULED, tenant_id=case.tenant_id,
-                     target_user_id=case.user_id, case_id=case.id, reason=row.reason,
-                     details={"action_id": str(row.id), "execute_after": row.execute_after.isoformat(),
-                              "cooldown_hours": hours})
-        announce(case, "reset.scheduled", cancel_ttl=timedelta(hours=hours))
-    else:
+    return float(tenant.setting("reset_cooldown_hours") or 0)
+
+
+# action -> (the notice the user gets, the audit event) when the cooldown holds it.
+_SCHEDULED = {"force_mfa_reset": ("reset.scheduled", AuditAction.RECOVERY_RESET_SCHEDULED),
+              "generate_backup_codes": ("backup_codes.scheduled", AuditAction.RECOVERY_ACTION_SCHEDULED),
+              "set_temporary_password": ("temporary_password.scheduled", AuditAction.RECOVERY_ACTION_SCHEDULED)}
+
+
+def _schedule_or_queue(actor: Actor, case: RecoveryCase, row: CaseAction) -> None:
+    hours = cooldown_hours(case)
+    if hours <= 0:
         _queue(actor, case, row)
+        return
+    # The cooldown holds every destructive action, not only the reset: admin codes or a
+    # temporary password texted at once would sign the attacker in before the owner can cancel.
+    row.status, row.execute_after = "scheduled", utcnow() + timedelta(hours=hours)
+    notice, event = _SCHEDULED[row.action]
+    record_event(actor, event, tenant_id=case.tenant_id, target_user_id=case.user_id, case_id=case.id,
+                 reason=row.reason,
+                 details={"action_id": str(row.id), "action": row.action,
+                          "execute_after": row.execute_after.isoformat(), "cooldown_hours": hours})
+    announce(case, notice, cancel_ttl=timedelta(hours=hours))
+
+
+def _decide(actor: Actor, case: RecoveryCase, user: User, action: str, reason: str,
+            options: dict[str, Any]) -> CaseAction:
+    """Record the decision: a privileged user's waits for a second senior admin (two-person
+    rule, for the reset, admin codes and a temporary password alike); others go to the cooldown
+    or the queue."""
+    if user.privileged:
+        row = _new_action(actor, case, action, reason, "awaiting_approval", options)
+        record_event(actor, AuditAction.RECOVERY_APPROVAL_REQUESTED, tenant_id=case.tenant_id,
+                     target_user_id=user.id, case_id=case.id, reason=reason,
+                     details={"action_id": str(row.id), "action": action})
+        return row
+    row = _new_action(actor, case, action, reason, "queued", options)
+    _schedule_or_queue(actor, case, row)
+    return row
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -132,27 +166,33 @@ def request_force_mfa_reset(actor: Actor, case_id: uuid.UUID | str, *, reason: s
     if pending_actions(case, "force_mfa_reset"):
         raise Conflict("A reset is already pending on this case.", details={"state": case.state})
     options = {"backup_codes_unusable": backup_codes_unusable.strip()} if remaining and backup_codes_unusable else {}
-    if user.privileged:
-        # Two-person rule: a senior admin other than the requester must approve.
-        row = _new_action(actor, case, "force_mfa_reset", reason, "awaiting_approval", options)
-        record_event(actor, AuditAction.RECOVERY_APPROVAL_REQUESTED, tenant_id=case.tenant_id,
-                     target_user_id=user.id, case_id=case.id, reason=reason,
-                     details={"action_id": str(row.id), "action": "force_mfa_reset"})
-        return row
-    row = _new_action(actor, case, "force_mfa_reset", reason, "queued", options)
-    _schedule_or_queue(actor, case, row)
-    return row
+    return _decide(actor, case, user, "force_mfa_reset", reason, options)
 
 
-def approve(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> CaseAction:
-    """The second person: a senior admin who is not the requester approves the pending reset."""
+def _action_id(raw: uuid.UUID | str | None) -> uuid.UUID:
+    if isinstance(raw, uuid.UUID):
+        return raw
+    try:
+        return uuid.UUID(str(raw or ""))
+    except ValueError as exc:
+        raise ValidationFailed("Name the action to approve (action_id).",
+                               details={"fields": {"action_id": ["An action id of this case is required."]}}) from exc
+
+
+def approve(actor: Actor, case_id: uuid.UUID | str, *, action_id: uuid.UUID | str | None,
+            reason: str) -> CaseAction:
+    """The second person: a senior admin who is not the requester approves one named action
+    (a reset, admin codes and a temporary password may all wait at once)."""
     reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
     require(case, "approve", actor)
-    waiting = [a for a in pending_actions(case) if a.status == "awaiting_approval"]
-    if not waiting:
-        raise Conflict("Nothing on this case awaits approval.", details={"state": case.state})
-    row = waiting[0]
+    wanted = _action_id(action_id)
+    row = db.session.get(CaseAction, wanted, with_for_update=True)
+    if row is None or row.case_id != case.id:
+        raise NotFound("No such action on this case.")
+    if row.status != "awaiting_approval":
+        raise Conflict("This action does not await approval.",
+                       details={"state": case.state, "action_id": str(row.id), "status": row.status})
     if row.requested_by == actor.id:
         raise SamePerson("The approver must be a different person from the requester.")
     _gate(actor, case, case_user(case))
@@ -164,26 +204,21 @@ def approve(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> CaseActio
     return row
 
 
-def verified_phone_channel(case: RecoveryCase) -> uuid.UUID | None:
-    """The phone the user proved they hold in this case (the verification call's channel)."""
-    call = db.session.scalars(select(VerificationCall).where(
-        VerificationCall.case_id == case.id, VerificationCall.status == "verified")
-        .order_by(VerificationCall.verified_at.desc())).first()
-    return call.channel_id if call else None
-
-
 def _agents_video_call(actor: Actor, case: RecoveryCase) -> bool:
+    """Whether this agent saw the user on video in the current round (an earlier round's call
+    may have been with the attacker)."""
     return db.session.scalars(select(Evidence.id).where(
         Evidence.case_id == case.id, Evidence.accepted.is_(True), Evidence.type == "video_call",
-        Evidence.recorded_by_id == actor.id)).first() is not None
+        Evidence.recorded_by_id == actor.id, Evidence.round == case.round)).first() is not None
 
 
 def request_secret_delivery(actor: Actor, case_id: uuid.UUID | str, action: str, *, reason: str,
                             delivery: str) -> tuple[CaseAction | None, list[str] | None]:
-    """Admin backup codes or a temporary password, delivered over the verified channel only.
+    """Admin backup codes or a temporary password, delivered over the channel verified in the
+    current round only.
 
-    Returns (queued action, None) for delivery by phone, or (None, codes) when the verified
-    channel is the agent's own video call: codes only, shown once in this response.
+    Returns (the action, None) for delivery by phone, or (None, codes) when the channel is the
+    agent's own video call of this round: codes only, shown once in this response.
     """
     reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
@@ -191,23 +226,26 @@ def request_secret_delivery(actor: Actor, case_id: uuid.UUID | str, action: str,
     user = case_user(case)
     _gate(actor, case, user)
     if delivery == "video_call":
+        if user.privileged or cooldown_hours(case) > 0:
+            # Codes read out now would skip the second senior admin or the owner's cancel link.
+            raise DeliveryNotOffered("With a cooldown or a second person's approval, codes go only to the phone "
+                                     "verified in this round, once the wait is over.")
         if action != "generate_backup_codes" or not _agents_video_call(actor, case):
-            raise NoVerifiedChannel("Only backup codes, and only to the agent who verified the user on a "
-                                    "video call, may be read out on that call.")
+            raise NoVerifiedChannel("Only backup codes, and only to the agent who verified the user on a video "
+                                    "call in the current round, may be read out on that call.")
         codes = issue_backup_codes(actor, user, reason=reason, case_id=case.id)
-        _after_secret_issued(case, "mfa.backup_codes_generated")
+        after_secret_issued(case, "mfa.backup_codes_generated")
         return None, codes
-    if verified_phone_channel(case) is None:
-        raise NoVerifiedChannel("No verified phone on this case: verify with a call to a known number "
-                                "first; secrets are never sent to an unverified channel or the ticket.")
+    if verified_phone(case) is None:
+        raise NoVerifiedChannel("No phone verified in the current round of this case: verify with a call to a "
+                                "known number first; secrets are never sent to a channel verified in an earlier "
+                                "round, an unverified channel or the ticket.")
     if pending_actions(case, action):
         raise Conflict("This action is already pending on the case.", details={"state": case.state})
-    row = _new_action(actor, case, action, reason, "queued", {"delivery": "verified_phone"})
-    _queue(actor, case, row)
-    return row, None
+    return _decide(actor, case, user, action, reason, {"delivery": "verified_phone"}), None
 
 
-def _after_secret_issued(case: RecoveryCase, event: str) -> None:
+def after_secret_issued(case: RecoveryCase, event: str) -> None:
     if case.state == m.VERIFIED:
         move(case, m.AWAITING_ENROLMENT)
     announce(case, event)
@@ -235,10 +273,12 @@ def execute_action(action_id: uuid.UUID) -> CaseAction | None:
     if row is None or row.status != "queued" or not claim_effect(f"action:{action_id}"):
         return row
     actor = _acting_agent(row)
-    if case.state not in _EXECUTABLE_FROM[row.action]:
+    stale = (f"case is {case.state}" if case.state not in _EXECUTABLE_FROM[row.action]
+             else "decided in an earlier round of the case" if row.round != case.round else None)
+    if stale:
         row.status, row.done_at = "cancelled", utcnow()
         record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_ACTION_CANCELLED, tenant_id=case.tenant_id,
-                     target_user_id=case.user_id, case_id=case.id, reason=f"case is {case.state}",
+                     target_user_id=case.user_id, case_id=case.id, reason=stale,
                      details={"action_id": str(row.id), "action": row.action})
         return row
     user = case_user(case)
@@ -285,78 +325,11 @@ def _do_force_reset(actor: Actor, case: RecoveryCase, user: User, row: CaseActio
     announce(case, "mfa.factor_admin_reset")
 
 
-def _seal_for_delivery(row: CaseAction, secret: list[str] | str) -> None:
-    """Keep the secret this action generated (encrypted, on the action) until a separate task
-    has texted it. The text cannot go out from here: if this transaction were lost after the
-    send (a dropped connection, a killed worker), the retry would generate a different secret,
-    and the provider, deduplicating on the action's key, would never deliver it: the user would
-    hold a password or codes that do not work. Generate once, store, then deliver as often as
-    it takes."""
-    row.options = {**row.options, "sealed": encrypt(json.dumps(secret))}
-    row.delivery_state = "pending"
-    enqueue("rekey.recovery.deliver_secret", action_id=str(row.id))
-
-
-def _delivery_text(action: str, secret: list[str] | str, signin: str) -> str:
-    if action == "generate_backup_codes":
-        return ("Your new backup codes (each works once; store them safely): " + ", ".join(secret)
-                + f". Sign in at {signin} with your email, password and one code, then enrol a new factor.")
-    return (f"Your one-time temporary password is {secret} . It works once, for 24 hours; sign in at "
-            f"{signin} and you will choose a new password.")
-
-
-def deliver_secret(action_id: uuid.UUID) -> bool:
-    """Text the secret a done action generated to the phone verified in its case, then forget it.
-    A second run (retry, redelivery) sends the same secret under the same key, or nothing; a
-    channel that refuses it for good ends the attempts (`_delivery_failed`)."""
-    from app.accounts.models import Channel
-    from app.messaging import send
-
-    row = db.session.get(CaseAction, action_id, with_for_update=True)
-    if row is None or not row.options.get("sealed"):
-        return False
-    case = db.session.get(RecoveryCase, row.case_id)
-    assert case is not None
-    # The tenant before the phone: the e2e kill tests find this task by its last query before
-    # the send, the phone's.
-    tenant = db.session.get(Tenant, row.tenant_id)
-    assert tenant is not None
-    try:
-        channel_id = verified_phone_channel(case)
-        channel = db.session.get(Channel, channel_id) if channel_id else None
-        if channel is None:
-            raise NoVerifiedChannel("The verified phone is gone.")
-        secret = json.loads(decrypt(row.options["sealed"]))
-        body = _delivery_text(row.action, secret, signin=page_url(tenant, "signin"))
-        send("phone", channel.value, subject="Account recovery", body=body,
-             key=f"action:{row.id}", method="sms")
-    except (PermanentDeliveryError, NoVerifiedChannel, UnreadableCiphertext) as exc:
-        _delivery_failed(case, row, exc)
-        return False
-    row.options = {k: v for k, v in row.options.items() if k != "sealed"}
-    row.delivery_state = "sent"
-    return True
-
-
-def _delivery_failed(case: RecoveryCase, row: CaseAction, exc: Exception) -> None:
-    """A secret that can never go out as things stand (the number refused it for good, no
-    verified phone, a key gone): stop trying, and say why where people look. The sweep re-queued
-    such a delivery every five minutes, each time into a new dead letter. The secret stays sealed
-    so that `rekey dlq retry` sends it once the cause is fixed."""
-    row.delivery_state = "failed"
-    what = "backup codes" if row.action == "generate_backup_codes" else "temporary password"
-    record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_SECRET_DELIVERY_FAILED,
-                 tenant_id=case.tenant_id, target_user_id=case.user_id, case_id=case.id,
-                 reason=f"The {what} could not be texted to the verified phone and were not sent: "
-                        f"{type(exc).__name__}. Fix the cause, then replay the dead letter (rekey dlq retry).",
-                 details={"action_id": str(row.id), "action": row.action, "error": type(exc).__name__,
-                          "message": str(exc)[:200]})
-    record_dead_letter("rekey.recovery.deliver_secret", {"action_id": str(row.id)}, None, exc, 0)
-
-
 def _do_backup_codes(actor: Actor, case: RecoveryCase, user: User, row: CaseAction) -> None:
-    _seal_for_delivery(row, issue_backup_codes(actor, user, reason=row.reason, case_id=case.id))
-    _after_secret_issued(case, "mfa.backup_codes_generated")
+    codes = issue_backup_codes(actor, user, reason=row.reason, case_id=case.id,
+                               extra={"action_id": str(row.id), "approved_by": row.approved_by})
+    seal_for_delivery(row, user, codes)
+    after_secret_issued(case, "mfa.backup_codes_generated")
 
 
 def _do_temporary_password(actor: Actor, case: RecoveryCase, user: User, row: CaseAction) -> None:
@@ -370,9 +343,9 @@ def _do_temporary_password(actor: Actor, case: RecoveryCase, user: User, row: Ca
                  case_id=case.id, reason=row.reason,
                  details={"action_id": str(row.id), "generated_by": "rekey", "single_use": True,
                           "expires_at": identity.expires_at.isoformat(), "sessions_revoked": revoked,
-                          "delivered_to": "verified_phone"})
-    _seal_for_delivery(row, password)
-    _after_secret_issued(case, "user.password_set_by_admin")
+                          "delivered_to": "verified_phone", "approved_by": row.approved_by})
+    seal_for_delivery(row, user, password)
+    after_secret_issued(case, "user.password_set_by_admin")
 
 
 _EXECUTORS = {"force_mfa_reset": _do_force_reset, "generate_backup_codes": _do_backup_codes,
@@ -384,20 +357,17 @@ _EXECUTABLE_FROM = {"force_mfa_reset": (m.VERIFIED,),
 
 def _maybe_reactivate(case: RecoveryCase, user: User) -> None:
     """After a suspected attack, the real user gets the account back only once verified again
-    and both a real MFA reset and a new password have been carried out."""
-    if user.status != "suspended" or "suspected_attack" not in case.flags:
+    and both a real MFA reset and a new password were carried out for them: in the current round
+    of whichever case carries them. A suspension ends the round, so what the attacker's round
+    decided (a reset after which they enrolled their own factor) never counts; and a new case,
+    opened after the suspended one expired, reactivates as well (DESIGN.md, "Suspected attack")."""
+    if user.status != "suspended":
         return
-    # Only what was decided for the real user counts: a reset carried out before the suspension
-    # was the attacker's (who may have enrolled their own factor since).
-    suspended_at = db.session.scalar(select(func.max(AuditEvent.occurred_at)).where(
-        AuditEvent.tenant_id == case.tenant_id, AuditEvent.case_id == case.id,
-        AuditEvent.action == AuditAction.USER_SUSPENDED))
-    stmt = select(CaseAction.action).where(CaseAction.case_id == case.id, CaseAction.status == "done")
-    if suspended_at is not None:
-        stmt = stmt.where(CaseAction.created_at > suspended_at)
-    done = set(db.session.scalars(stmt).all())
+    done = set(db.session.scalars(select(CaseAction.action).where(
+        CaseAction.case_id == case.id, CaseAction.status == "done", CaseAction.round == case.round)).all())
     if {"force_mfa_reset", "set_temporary_password"} <= done:
-        user.status = "active"
+        user.status, user.suspended_at = "active", None
         record_event(Actor.system(case.tenant_id), AuditAction.USER_REACTIVATED, tenant_id=case.tenant_id,
                      target_user_id=user.id, case_id=case.id,
-                     reason="Verified again after a suspected attack; MFA reset and password set.")
+                     reason="Verified again after a suspected attack; MFA reset and password set.",
+                     details={"round": case.round})

@@ -25,6 +25,9 @@ from app.recovery.risk import screen
 from app.recovery.state import (
     REFUSAL_TRIGGERS,
     StateConflict,
+    close_enrolment_window,
+    effect_key,
+    end_round,
     ensure_reason,
     escalate,
     load_case,
@@ -133,9 +136,9 @@ def screen_case(case_id: uuid.UUID) -> RecoveryCase | None:
         return case
     result = screen(tenant, case, user)
     if result.refuse:
-        refuse(system, case, result.refuse, "Unusual recent sign-in activity on the account.",
-                facts=result.facts)
-        enqueue("rekey.recovery.notify_senior_admins", case_id=str(case.id))
+        ended = refuse(system, case, result.refuse, "Unusual recent sign-in activity on the account.",
+                       facts=result.facts)
+        enqueue("rekey.recovery.notify_senior_admins", case_id=str(case.id), case_round=ended)
     elif result.escalate:
         escalate(system, case, result.escalate, "Risk screen: " + ", ".join(result.escalate),
                   facts=result.facts)
@@ -205,9 +208,10 @@ def reopen_case(actor: Actor, case_id: uuid.UUID | str, *, reason: str) -> Recov
     previous = case.state
     _renew_ttl(case)
     case.closed_at = None
+    end_round(case)
     move(case, m.AWAITING_VERIFICATION)
     record_event(actor, AuditAction.RECOVERY_REOPENED, tenant_id=case.tenant_id, target_user_id=case.user_id,
-                 case_id=case.id, reason=reason, details={"from_state": previous})
+                 case_id=case.id, reason=reason, details={"from_state": previous, "round": case.round})
     return case
 
 
@@ -218,41 +222,72 @@ def _renew_ttl(case: RecoveryCase) -> None:
 
 
 def expire_overdue(limit: int = 500) -> int:
-    """Refuse, as expired, every unverified case past its TTL (the beat runs this)."""
-    stmt = (select(RecoveryCase).where(RecoveryCase.state == m.AWAITING_VERIFICATION,
-                                       RecoveryCase.verification_expires_at < utcnow()).limit(limit))
+    """Expire every unverified case past its verification TTL, and every escalated case past
+    its escalation TTL (the beat runs this); the senior admins hear of the escalations."""
+    now = utcnow()
+    stmt = (select(RecoveryCase).where(
+        ((RecoveryCase.state == m.AWAITING_VERIFICATION) & (RecoveryCase.verification_expires_at < now))
+        | ((RecoveryCase.state == m.ESCALATED) & (RecoveryCase.escalation_expires_at < now)))
+        .order_by(RecoveryCase.updated_at).limit(limit))
     if db.engine.dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
     count = 0
     for case in db.session.scalars(stmt).all():
-        case.refusal_trigger = "unverifiable"
+        system = Actor.system(case.tenant_id)
+        escalated = case.state == m.ESCALATED
+        trigger = "escalation_expired" if escalated else "unverifiable"
+        reason = ("No senior admin resumed or refused the escalated case in time." if escalated
+                  else "Not verified before the case's time limit.")
+        case.refusal_trigger = trigger
         move(case, m.EXPIRED)
-        record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_EXPIRED, tenant_id=case.tenant_id,
-                     target_user_id=case.user_id, case_id=case.id,
-                     reason="Not verified before the case's time limit.", details={"trigger": "unverifiable"})
+        record_event(system, AuditAction.RECOVERY_EXPIRED, tenant_id=case.tenant_id,
+                     target_user_id=case.user_id, case_id=case.id, reason=reason, details={"trigger": trigger})
+        if escalated:
+            # An escalation is a suspicion nobody settled: treat it as one for the enrolment
+            # window, and tell the senior admins it lapsed.
+            close_enrolment_window(system, case, reason)
+            enqueue("rekey.recovery.notify_senior_admins", case_id=str(case.id), case_round=case.round,
+                    why="escalation_expired")
         count += 1
     return count
 
 
-def notify_senior_admins(case_id: uuid.UUID) -> int:
-    """Tell the tenant's senior admins a case was refused for unusual activity (the runbook's
-    escalation). Once per case: a second run finds the effect claimed and sends nothing."""
+_ADMIN_NOTICES = {
+    "refused": ("Rekey: recovery refused for unusual activity",
+                "Recovery case {case} was refused automatically ({trigger}). Flags: {flags}. Review it in "
+                "the admin console; only a senior admin may reopen it."),
+    "escalation_expired": ("Rekey: an escalated recovery expired",
+                           "Recovery case {case} was escalated to the senior admins and expired without a "
+                           "decision. Flags: {flags}. Review it in the admin console; only a senior admin "
+                           "may reopen it."),
+}
+
+
+def notify_senior_admins(case_id: uuid.UUID, round_: int = 1, why: str = "refused") -> int:
+    """Tell the tenant's senior admins a case was refused for unusual activity, or that its
+    escalation expired (the runbook's escalation). Once per round of the case and reason: a
+    second run finds the effect claimed and sends nothing, while a second automatic refusal
+    after a reopen is news again. `round_` is the round the news is about (a message queued
+    before rounds existed names none: round 1, the key it had then)."""
     from app.jobs.services import claim_effect
     from app.messaging import send
     from app.tenants.models import Agent
 
     case = db.session.get(RecoveryCase, case_id)
-    if case is None or not claim_effect(f"case:{case_id}:notify_senior_admins"):
+    if case is None or why not in _ADMIN_NOTICES:
+        return 0
+    step = "notify_senior_admins" if why == "refused" else f"notify_senior_admins:{why}"
+    if not claim_effect(effect_key(case.id, round_, step)):
         return 0
     admins = db.session.scalars(select(Agent).where(
         Agent.tenant_id == case.tenant_id, Agent.role == "senior_admin", Agent.active.is_(True))).all()
-    body = (f"Recovery case {case.id} was refused automatically ({case.refusal_trigger}). "
-            f"Flags: {', '.join(case.flags) or 'none'}. Review it in the admin console; "
-            "only a senior admin may reopen it.")
+    subject, text = _ADMIN_NOTICES[why]
+    body = text.format(case=case.id, trigger=case.refusal_trigger, flags=", ".join(case.flags) or "none")
+    message = "notify" if why == "refused" else why
     for admin in admins:
-        send("email", admin.email, subject="Rekey: recovery refused for unusual activity", body=body,
-             key=f"case:{case.id}:notify:{admin.id}")
+        send("email", admin.email, subject=subject, body=body,
+             key=effect_key(case.id, round_, f"{message}:{admin.id}"))
     record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_SENIOR_ADMINS_NOTIFIED,
                  tenant_id=case.tenant_id, target_user_id=case.user_id, case_id=case.id,
-                 details={"admins": len(admins), "trigger": case.refusal_trigger})
+                 details={"admins": len(admins), "trigger": case.refusal_trigger, "why": why, "round": round_})
     return len(admins)

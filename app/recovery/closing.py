@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from app.accounts.models import RememberedDevice, SigninAttempt, User
+from app.accounts.models import Channel, RememberedDevice, SigninAttempt, User
 from app.accounts.services import revoke_sessions
 from app.actor import Actor
 from app.audit.models import AuditAction
@@ -18,25 +18,55 @@ from app.errors import NotFound
 from app.extensions import db, utcnow
 from app.jobs.services import claim_effect, enqueue
 from app.recovery import models as m
-from app.recovery.evidence import accepted_types
 from app.recovery.models import CaseAction, RecoveryCase, VerificationCall
 from app.recovery.notify import announce, channels_before, redeem_link
 from app.recovery.pending import cancel_pending
-from app.recovery.state import ALLOWED_FROM, StateConflict, case_user, ensure_reason, load_case, move, require
+from app.recovery.rounds import accepted_types
+from app.recovery.state import (
+    ALLOWED_FROM,
+    StateConflict,
+    case_user,
+    close_enrolment_window,
+    effect_key,
+    end_round,
+    ensure_reason,
+    load_case,
+    move,
+    require,
+)
 
 
-def _suspend(actor: Actor, case: RecoveryCase, user: User, reason: str, how: str) -> None:
-    """Suspend the user, cut every session, void pending work, open an incident, tell the user."""
+def _distrust_verified_phones(*cases: RecoveryCase) -> list[str]:
+    """Mark the phones verified in these cases' last rounds as compromised: the round ends as
+    a suspected attack, so whoever answered on them may be the attacker (a SIM swap). They
+    stay on file (and keep getting notices) but verify nobody until a senior admin trusts one."""
+    marked: list[str] = []
+    for case in cases:
+        # A refused case's last active round is the one its refusal ended.
+        rounds = {case.round, case.round - 1} if case.state == m.REFUSED else {case.round}
+        ids = db.session.scalars(select(VerificationCall.channel_id).where(
+            VerificationCall.case_id == case.id, VerificationCall.status == "verified",
+            VerificationCall.round.in_(rounds))).all()
+        for channel in db.session.scalars(select(Channel).where(Channel.id.in_(ids))).all():
+            channel.compromised_at, channel.compromised_case_id = utcnow(), case.id
+            marked.append(str(channel.id))
+    return sorted(set(marked))
+
+
+def _suspend(actor: Actor, case: RecoveryCase, user: User, reason: str, how: str,
+             origin: RecoveryCase | None = None) -> None:
+    """Suspend the user, cut every session, void pending work, distrust the phones the suspect
+    verified, end the round, open an incident, tell the user. `origin` is the ended case whose
+    notice raised the alarm, when the suspicion falls on another (open) case."""
     previous, evidence = case.state, accepted_types(case)  # what the suspect passed, for the incident
-    user.status = "suspended"
+    distrusted = _distrust_verified_phones(case, *([origin] if origin is not None else []))
+    user.status, user.suspended_at = "suspended", utcnow()
     sessions = revoke_sessions(user.id)
     db.session.execute(update(RememberedDevice).where(
         RememberedDevice.user_id == user.id, RememberedDevice.revoked_at.is_(None)
     ).values(revoked_at=utcnow()).execution_options(synchronize_session=False))
-    db.session.execute(update(VerificationCall).where(
-        VerificationCall.case_id == case.id, VerificationCall.status.in_(("pending", "sent"))
-    ).values(status="expired", code_encrypted=None).execution_options(synchronize_session=False))
     cancel_pending(actor, case, "suspected attack")
+    ended = end_round(case)
     case.flags = sorted(set(case.flags) | {"suspected_attack"})
     case.closed_at = None
     move(case, m.SUSPECTED_ATTACK)
@@ -45,9 +75,10 @@ def _suspend(actor: Actor, case: RecoveryCase, user: User, reason: str, how: str
     record_event(actor, AuditAction.SECURITY_INCIDENT_OPENED, tenant_id=case.tenant_id, target_user_id=user.id,
                  case_id=case.id, reason=reason,
                  details={"kind": "suspected_social_engineering", "from_state": previous, "via": how,
-                          "evidence": evidence,
+                          "evidence": evidence, "round": ended, "channels_distrusted": distrusted,
                           "required_to_recover": ["senior_admin_resume", "verification",
                                                   "force_mfa_reset", "set_temporary_password"]})
+    close_enrolment_window(actor, case, reason)
     announce(case, "user.suspended")
 
 
@@ -89,7 +120,7 @@ def _suspicion_from_link(token: str, purpose: str, audited: AuditAction, reason:
     record_event(actor, audited, tenant_id=case.tenant_id, target_user_id=user.id, case_id=case.id,
                  details={"link_id": str(link.id)})
     if target.state != m.SUSPECTED_ATTACK:
-        _suspend(actor, target, user, reason, how)
+        _suspend(actor, target, user, reason, how, origin=case if target is not case else None)
 
 
 def report_not_me(token: str, ip: str | None, request_id: str | None = None, *,
@@ -198,15 +229,19 @@ def send_follow_up(case_id: uuid.UUID) -> bool:
     from app.messaging import send
 
     case = db.session.scalars(select(RecoveryCase).where(RecoveryCase.id == case_id).with_for_update()).first()
-    if case is None or case.state not in (m.RECOVERED, m.CLOSED) or not claim_effect(f"case:{case_id}:follow_up"):
+    # Once per round: a case recovered again after a suspicion gets its own follow-up and closes.
+    if (case is None or case.state not in (m.RECOVERED, m.CLOSED)
+            or not claim_effect(effect_key(case.id, case.round, "follow_up"))):
         return False
     reset = db.session.scalars(select(CaseAction.id).where(
-        CaseAction.case_id == case.id, CaseAction.action == "force_mfa_reset", CaseAction.status == "done")).first()
+        CaseAction.case_id == case.id, CaseAction.action == "force_mfa_reset", CaseAction.status == "done",
+        CaseAction.round == case.round)).first()
     text = FOLLOW_UP.format(reset=" and removed your old MFA factors" if reset else "", case=case.id)
     emails = [c for c in channels_before(case) if c.kind == "email"]
+    prefix = f"follow-up:{case.id}" if case.round == 1 else f"follow-up:{case.id}:r{case.round}"
     for channel in emails:
         send("email", channel.value, subject="Your account recovery is complete", body=text,
-             key=f"follow-up:{case.id}:{channel.id}")
+             key=f"{prefix}:{channel.id}")
     record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_FOLLOW_UP_SENT, tenant_id=case.tenant_id,
                  target_user_id=case.user_id, case_id=case.id, details={"emails": len(emails)})
     if case.integration_id and case.ticket_id:

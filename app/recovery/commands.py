@@ -29,7 +29,7 @@ def _force_reset(actor: Actor, case_id: Any, p: dict[str, Any]) -> ActionOutcome
 
 
 def _approve(actor: Actor, case_id: Any, p: dict[str, Any]) -> ActionOutcome:
-    return ActionOutcome(actions.approve(actor, case_id, reason=p["reason"]))
+    return ActionOutcome(actions.approve(actor, case_id, action_id=p.get("action_id"), reason=p["reason"]))
 
 
 def _secret(action: str) -> Callable[[Actor, Any, dict[str, Any]], ActionOutcome]:

@@ -13,11 +13,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from flask import current_app
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from app.accounts.models import Channel, FederatedIdentity, User
 from app.actor import Actor
-from app.audit.models import AuditAction, AuditEvent
+from app.audit.models import AuditAction
 from app.audit.services import record_event
 from app.crypto import encrypt
 from app.emails import same_mailbox
@@ -27,7 +27,8 @@ from app.jobs.services import enqueue
 from app.recovery import models as m
 from app.recovery.limits import check_verification_limits
 from app.recovery.models import Evidence, RecoveryCase, VerificationCall
-from app.recovery.state import ensure_reason, load_case, move, require
+from app.recovery.rounds import accepted_types, evidence_sufficient
+from app.recovery.state import ensure_reason, load_case, move, reopen_enrolment_window, require
 from app.tenants.models import Tenant
 
 ACCEPTABLE = ("video_call", "known_number_callback", "hr_attestation", "federated_signin")
@@ -43,6 +44,8 @@ SYSTEM_ONLY = {"known_number_callback": "recorded by confirming a verification c
                "hr_attestation": "recorded from a signed HR integration webhook"}
 CODE_TTL = timedelta(minutes=10)
 CODE_ATTEMPTS = 5
+COMPROMISED_REASON = ("This phone was verified in a round that ended as a suspected attack; a senior admin "
+                      "must mark it trusted again before it can verify anyone.")
 
 
 class UnacceptableEvidence(RuleRefused):
@@ -54,6 +57,10 @@ class ChannelTooNew(RuleRefused):
     code = "channel_too_new"
 
 
+class ChannelCompromised(RuleRefused):
+    code = "channel_compromised"
+
+
 class InvalidVerificationCode(RuleRefused):
     code = "invalid_code"
     keep_changes = True  # the attempt counter must survive the refusal
@@ -63,7 +70,7 @@ def _reject(actor: Actor, case: RecoveryCase, type_: str, reason: str, message: 
             details: dict[str, Any] | None = None) -> UnacceptableEvidence:
     db.session.add(Evidence(tenant_id=case.tenant_id, case_id=case.id, type=type_[:40], accepted=False,
                             details=details or {}, rejection_reason=message, recorded_by_type=actor.type,
-                            recorded_by_id=actor.id, reason=reason))
+                            recorded_by_id=actor.id, reason=reason, round=case.round))
     record_event(actor, AuditAction.RECOVERY_EVIDENCE_REJECTED, tenant_id=case.tenant_id,
                  target_user_id=case.user_id, case_id=case.id, reason=reason,
                  details={"type": type_[:40], "rejection": message})
@@ -132,7 +139,7 @@ def accept_evidence(actor: Actor, case: RecoveryCase, type_: str, details: dict[
                     reason: str | None) -> Evidence:
     """Store acceptable evidence and verify the case once the tenant's policy is met."""
     evidence = Evidence(tenant_id=case.tenant_id, case_id=case.id, type=type_, accepted=True, details=details,
-                        recorded_by_type=actor.type, recorded_by_id=actor.id, reason=reason)
+                        recorded_by_type=actor.type, recorded_by_id=actor.id, reason=reason, round=case.round)
     db.session.add(evidence)
     db.session.flush()
     record_event(actor, AuditAction.RECOVERY_EVIDENCE_RECORDED, tenant_id=case.tenant_id,
@@ -142,37 +149,9 @@ def accept_evidence(actor: Actor, case: RecoveryCase, type_: str, details: dict[
         case.verified_at = utcnow()
         move(case, m.VERIFIED)
         record_event(actor, AuditAction.RECOVERY_VERIFIED, tenant_id=case.tenant_id, target_user_id=case.user_id,
-                     case_id=case.id, reason=reason, details={"types": accepted_types(case)})
+                     case_id=case.id, reason=reason, details={"types": accepted_types(case), "round": case.round})
+        reopen_enrolment_window(actor, case, reason)
     return evidence
-
-
-def accepted_types(case: RecoveryCase) -> list[str]:
-    """The acceptable evidence types that count now: after a suspected attack, or a senior
-    admin's reopening, only what was recorded since (what came before was judged not enough, or
-    is what the suspect passed)."""
-    stmt = select(Evidence.type).where(Evidence.case_id == case.id, Evidence.accepted.is_(True))
-    suspended_at = db.session.scalar(select(func.max(AuditEvent.occurred_at)).where(
-        AuditEvent.tenant_id == case.tenant_id, AuditEvent.case_id == case.id,
-        AuditEvent.action.in_((AuditAction.USER_SUSPENDED, AuditAction.RECOVERY_REOPENED))))
-    if suspended_at is not None:
-        stmt = stmt.where(Evidence.recorded_at > suspended_at)
-    return sorted(set(db.session.scalars(stmt).all()))
-
-
-def required_types(case: RecoveryCase) -> int:
-    """How many independent acceptable types this case needs (tenant policy)."""
-    tenant = db.session.get(Tenant, case.tenant_id)
-    user = db.session.get(User, case.user_id) if case.user_id else None
-    assert tenant is not None
-    if tenant.setting("strict_two_evidence_types"):
-        return 2
-    if user is not None and user.privileged and tenant.setting("privileged_requires_two_evidence_types"):
-        return 2
-    return 1
-
-
-def evidence_sufficient(case: RecoveryCase) -> bool:
-    return len(accepted_types(case)) >= required_types(case)
 
 
 # --- verification calls to a known number ---------------------------------------------------
@@ -220,6 +199,12 @@ def place_verification_call(actor: Actor, case_id: uuid.UUID | str, *, channel_i
             "This number was added on or after the day the case opened; it could be the attacker's.",
             details={"channel_id": str(channel.id), "added_at": channel.added_at.isoformat(),
                      "case_day_started_at": day_started.isoformat()})
+    if channel.compromised_at is not None:
+        # Verified in a round that ended as a suspected attack: a SIM-swapped number would
+        # verify the attacker again. Only a senior admin's trust makes it callable again.
+        raise ChannelCompromised(COMPROMISED_REASON, details={
+            "channel_id": str(channel.id), "compromised_at": channel.compromised_at.isoformat(),
+            "compromised_case_id": str(channel.compromised_case_id) if channel.compromised_case_id else None})
     check_verification_limits(actor, case)
     # A new call supersedes any earlier pending one, so only one code is live at a time.
     db.session.execute(update(VerificationCall).where(
@@ -231,7 +216,7 @@ def place_verification_call(actor: Actor, case_id: uuid.UUID | str, *, channel_i
                             method=method, status="pending", code_digest=_code_digest(call_id, code),
                             code_encrypted=encrypt(code), attempts=0, max_attempts=CODE_ATTEMPTS,
                             placed_by=actor.id or actor.type, created_at=utcnow(),
-                            expires_at=utcnow() + CODE_TTL)
+                            expires_at=utcnow() + CODE_TTL, round=case.round)
     db.session.add(call)
     db.session.flush()
     record_event(actor, AuditAction.RECOVERY_VERIFICATION_CALL_PLACED, tenant_id=case.tenant_id,

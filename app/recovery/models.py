@@ -63,6 +63,11 @@ class RecoveryCase(db.Model):  # type: ignore[name-defined]
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     requests: Mapped[int] = mapped_column(Integer, default=1)
+    # A suspension, a refusal or a reopening ends a round (state.end_round): evidence, verified
+    # phones, an agent's video call and decided actions count only in the round stamped on them.
+    round: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # An escalated case nobody resumes or refuses expires (tenant `escalation_ttl_hours`).
+    escalation_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Evidence(db.Model):  # type: ignore[name-defined]
@@ -82,6 +87,7 @@ class Evidence(db.Model):  # type: ignore[name-defined]
     recorded_by_id: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(Text)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    round: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class VerificationCall(db.Model):  # type: ignore[name-defined]
@@ -112,6 +118,7 @@ class VerificationCall(db.Model):  # type: ignore[name-defined]
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    round: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class CaseAction(db.Model):  # type: ignore[name-defined]
@@ -125,6 +132,7 @@ class CaseAction(db.Model):  # type: ignore[name-defined]
         # The stalled-work sweep reads exactly these, oldest first (closing.requeue_stalled).
         Index("ix_case_actions_queued", "status", "queued_at"),
         Index("ix_case_actions_delivery_state", "delivery_state", "done_at"),
+        Index("ix_case_actions_sealed_until", "sealed_until"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
@@ -148,6 +156,10 @@ class CaseAction(db.Model):  # type: ignore[name-defined]
     # The secret it generated (codes, a temporary password): `pending` while sealed for its
     # delivery task, `sent`, or `failed` when the channel refused it for good.
     delivery_state: Mapped[str | None] = mapped_column(String(16))
+    round: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # While the secret this action generated waits, sealed in `options`, for its delivery; it
+    # is erased at this time if still undelivered (app/recovery/delivery.py).
+    sealed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class RecoveryLink(db.Model):  # type: ignore[name-defined]

@@ -37,6 +37,10 @@ NOTICES = {
                       "like an attack. Support will contact you on a number or address already on file.",
     "mfa.factor_enrolled": "A new sign-in factor was enrolled on your account after an account recovery.",
     "reset.scheduled": "An administrator scheduled a reset of the sign-in factors on your account.",
+    "backup_codes.scheduled": "An administrator scheduled new backup codes for your account, to be sent to the "
+                              "phone verified in the recovery.",
+    "temporary_password.scheduled": "An administrator scheduled a temporary password for your account, to be "
+                                    "sent to the phone verified in the recovery.",
 }
 # A link issued before links remembered their notice.
 UNKNOWN_NOTICE = "A security action was taken on your account during an account recovery."

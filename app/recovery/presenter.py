@@ -13,8 +13,9 @@ from app.accounts.services import active_factors, backup_codes_remaining, mask_p
 from app.actor import Actor
 from app.audit.models import AuditEvent
 from app.extensions import db
-from app.recovery.evidence import eligible_channels, required_types
+from app.recovery.evidence import COMPROMISED_REASON, eligible_channels
 from app.recovery.models import CaseAction, Evidence, RecoveryCase
+from app.recovery.rounds import required_types
 from app.recovery.state import allowed_actions, load_case
 
 
@@ -55,11 +56,15 @@ def describe_case(actor: Actor, case_id: uuid.UUID | str) -> dict[str, Any]:
         "refusal_trigger": case.refusal_trigger, "ticket_id": case.ticket_id, "opened_at": case.opened_at,
         "updated_at": case.updated_at, "requester_email": case.requester_email, "subject": case.subject,
         "requests": case.requests, "verification_expires_at": case.verification_expires_at,
-        "verified_at": case.verified_at, "closed_at": case.closed_at,
+        "verified_at": case.verified_at, "closed_at": case.closed_at, "round": case.round,
+        "escalation_expires_at": case.escalation_expires_at,
         "evidence": evidence,
         "evidence_required_types": required_types(case) if user else 0,
+        # Phones on file since before the case's day; each says whether it may be called now.
         "callable_channels": [
-            {"id": c.id, "kind": c.kind, "value": mask_phone(c.value), "added_at": c.added_at}
+            {"id": c.id, "kind": c.kind, "value": mask_phone(c.value), "added_at": c.added_at,
+             "callable": c.compromised_at is None,
+             "not_callable_reason": COMPROMISED_REASON if c.compromised_at is not None else None}
             for c in (eligible_channels(case) if user else [])
         ],
         "recommended_path": recommended_path(user),

@@ -77,6 +77,10 @@ def screen(tenant: Tenant, case: RecoveryCase, user: User) -> RiskResult:
         flags.append("recent_channel_change")
     if user.privileged:
         flags.append("privileged")
+    if user.status == "suspended":
+        # A new case for a user suspended as a suspected attack (whose case expired, say):
+        # carrying it through reactivates the user, and only a senior admin lifts a suspension.
+        flags.append("suspended_user")
     repeat_since = case.opened_at - timedelta(days=int(tenant.setting("repeat_recovery_days")))
     earlier = db.session.scalar(
         select(func.count()).select_from(RecoveryCase).where(

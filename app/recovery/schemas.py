@@ -39,6 +39,8 @@ class EvidenceOut(Schema):
     recorded_by_id = fields.String(allow_none=True)
     reason = fields.String(allow_none=True)
     recorded_at = fields.DateTime()
+    round = fields.Integer(metadata={"description": "The case's round it was recorded in; only the "
+                                                    "current round's evidence counts"})
 
 
 class VerificationCallIn(Schema):
@@ -66,9 +68,12 @@ class ConfirmIn(Schema):
 class ActionIn(Schema):
     """Every action needs a reason. `trigger` is for `refuse`; `backup_codes_unusable` says why
     a reset is needed although codes remain; `delivery` is for `generate_backup_codes`
-    (`verified_phone`, or `video_call` when the acting agent verified the user on one)."""
+    (`verified_phone`, or `video_call` when the acting agent verified the user on one in the
+    current round and no cooldown or approval applies); `action_id` is required by `approve`:
+    the pending action it approves."""
 
     reason = reason_field()
+    action_id = fields.UUID(metadata={"description": "approve: the id of the action awaiting approval"})
     trigger = fields.String(validate=validate.OneOf(REFUSAL_TRIGGERS))
     backup_codes_unusable = reason_field(required=False)
     delivery = fields.String(load_default="verified_phone",
@@ -106,9 +111,13 @@ class _CallableChannel(Schema):
     kind = fields.String()
     value = fields.String()
     added_at = fields.DateTime()
+    callable = fields.Boolean()
+    not_callable_reason = fields.String(allow_none=True)
 
 
 class CaseDetail(CaseSummary):
+    round = fields.Integer(metadata={"description": "A suspension, a refusal or a reopening ends a round"})
+    escalation_expires_at = fields.DateTime(allow_none=True)
     requester_email = fields.String(allow_none=True)
     subject = fields.String(allow_none=True)
     requests = fields.Integer()
@@ -134,6 +143,7 @@ class CaseActionOut(Schema):
     created_at = fields.DateTime()
     execute_after = fields.DateTime(allow_none=True)
     done_at = fields.DateTime(allow_none=True)
+    round = fields.Integer()
 
 
 class ActionOut(Schema):

@@ -3,23 +3,23 @@ part of recovery shares (refuse, escalate). Every transition of a case goes thro
 
 from __future__ import annotations
 
-import unicodedata
 import uuid
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import select, update
 
-from app.accounts.models import Channel, FederatedIdentity, User
+from app.accounts.models import User
+from app.accounts.services import active_factors, agent_owns_user, revoke_sessions
 from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
-from app.emails import same_mailbox
 from app.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from app.extensions import db, utcnow
 from app.recovery import models as m
-from app.recovery.models import RecoveryCase
+from app.recovery.models import RecoveryCase, VerificationCall
 from app.recovery.pending import cancel_pending
-from app.tenants.models import Agent, AgentIdentity
+from app.tenants.models import Agent, Tenant
 
 REFUSAL_TRIGGERS = ("unverifiable", "urgency", "unusual_activity", "agent_judgement")
 
@@ -34,10 +34,12 @@ ALLOWED_FROM: dict[str, tuple[str, ...]] = {
                m.SUSPECTED_ATTACK),
     "resume": (m.ESCALATED, m.SUSPECTED_ATTACK),
     "reopen": (m.REFUSED, m.EXPIRED),
-    "expire": (m.AWAITING_VERIFICATION,),
+    # An unverified case past its TTL; an escalated case nobody took up (tenant TTLs).
+    "expire": (m.AWAITING_VERIFICATION, m.ESCALATED),
     # Steps 2-5 (app/recovery/actions.py, app/recovery/closing.py).
     "force_mfa_reset": (m.VERIFIED,),
-    "approve": (m.VERIFIED,),
+    # Codes and a temporary password may wait for approval after the reset, too.
+    "approve": (m.VERIFIED, m.AWAITING_ENROLMENT),
     "generate_backup_codes": (m.VERIFIED, m.AWAITING_ENROLMENT),
     "set_temporary_password": (m.VERIFIED, m.AWAITING_ENROLMENT),
     "suspend_user": (m.RECEIVED, m.AWAITING_VERIFICATION, m.VERIFIED, m.AWAITING_ENROLMENT, m.RECOVERED,
@@ -104,27 +106,10 @@ def require(case: RecoveryCase, action: str, actor: Actor) -> None:
 
 
 def is_own_account(actor: Actor, case: RecoveryCase) -> bool:
-    """Whether the acting agent is the case's user: the same mailbox (however it is spelt: Unicode
-    width, case, a plus-alias), the user's external id, or a federated subject linked to both.
-    Any one is enough: a full-width copy of an agent's own address once passed a raw compare."""
+    """Whether the acting agent is the case's user (`accounts.services.agent_owns_user`)."""
     agent = db.session.get(Agent, uuid.UUID(actor.id)) if actor.id else None
     user = db.session.get(User, case.user_id)
-    if agent is None or user is None:
-        return False
-    addresses = [user.email, *db.session.scalars(select(Channel.value).where(
-        Channel.user_id == user.id, Channel.kind == "email")).all()]
-    if any(same_mailbox(agent.email, address) for address in addresses):
-        return True
-    if agent.external_id and user.external_id and _id_key(agent.external_id) == _id_key(user.external_id):
-        return True
-    return db.session.scalars(select(AgentIdentity.id).join(FederatedIdentity, and_(
-        FederatedIdentity.issuer == AgentIdentity.issuer, FederatedIdentity.subject == AgentIdentity.subject,
-        FederatedIdentity.tenant_id == AgentIdentity.tenant_id)).where(
-        AgentIdentity.agent_id == agent.id, FederatedIdentity.user_id == user.id)).first() is not None
-
-
-def _id_key(external_id: str) -> str:
-    return unicodedata.normalize("NFKC", external_id).casefold().strip()
+    return agent is not None and user is not None and agent_owns_user(agent, user)
 
 
 def load_case(actor: Actor, case_id: uuid.UUID | str, *, lock: bool = False) -> RecoveryCase:
@@ -156,8 +141,53 @@ def case_user(case: RecoveryCase) -> User:
     return user
 
 
+def end_round(case: RecoveryCase) -> int:
+    """End the case's round (a suspension, a refusal or a reopening); returns the round that
+    ended. What was recorded or decided in it (evidence, a verified phone, an agent's video
+    call, an action) no longer counts: it was judged not enough, or it is what a suspect passed.
+    A code still on its way proves nothing in the next round either."""
+    ended = case.round
+    case.round = ended + 1
+    db.session.execute(update(VerificationCall).where(
+        VerificationCall.case_id == case.id, VerificationCall.status.in_(("pending", "sent"))
+    ).values(status="expired", code_encrypted=None).execution_options(synchronize_session=False))
+    return ended
+
+
+def effect_key(case_id: uuid.UUID | str, round_: int, step: str) -> str:
+    """The effect key of a step that happens once per round of a case (a senior admins'
+    notice, the follow-up, the ticket comment): after a reopen or a suspension the case may
+    need it again. Round 1 keeps the key the step had before rounds existed."""
+    return f"case:{case_id}:{step}" if round_ == 1 else f"case:{case_id}:r{round_}:{step}"
+
+
+def close_enrolment_window(actor: Actor, case: RecoveryCase, reason: str) -> None:
+    """A case refused or suspected while its user has no factor left (after a reset): whoever
+    knows the password could otherwise sign in to an enrolment session and bind their own
+    factor. Restricted sessions are revoked and `enrolment_closed_at` refuses a factor-less
+    sign-in until a case of the user is verified in a later round (`reopen_enrolment_window`)."""
+    user = db.session.get(User, case.user_id) if case.user_id else None
+    if user is None or user.enrolment_closed_at is not None or active_factors(user):
+        return
+    user.enrolment_closed_at = utcnow()
+    revoked = revoke_sessions(user.id, scope="restricted")
+    record_event(actor, AuditAction.USER_ENROLMENT_CLOSED, tenant_id=case.tenant_id, target_user_id=user.id,
+                 case_id=case.id, reason=reason, details={"sessions_revoked": revoked, "state": case.state})
+
+
+def reopen_enrolment_window(actor: Actor, case: RecoveryCase, reason: str | None) -> None:
+    """The case was verified in a round after the one that closed the window: enrolment again."""
+    user = db.session.get(User, case.user_id) if case.user_id else None
+    if user is None or user.enrolment_closed_at is None:
+        return
+    user.enrolment_closed_at = None
+    record_event(actor, AuditAction.USER_ENROLMENT_REOPENED, tenant_id=case.tenant_id, target_user_id=user.id,
+                 case_id=case.id, reason=reason, details={"round": case.round})
+
+
 def refuse(actor: Actor, case: RecoveryCase, trigger: str, reason: str, *,
-            facts: dict[str, Any] | None = None) -> None:
+            facts: dict[str, Any] | None = None) -> int:
+    """Refuse the case (audited with its trigger); returns the round the refusal ended."""
     previous = case.state
     case.refusal_trigger = trigger
     if trigger not in case.flags:
@@ -165,10 +195,12 @@ def refuse(actor: Actor, case: RecoveryCase, trigger: str, reason: str, *,
     move(case, m.REFUSED)
     record_event(actor, AuditAction.RECOVERY_REFUSED, tenant_id=case.tenant_id, target_user_id=case.user_id,
                  case_id=case.id, reason=reason,
-                 details={"trigger": trigger, "from_state": previous, **(facts or {})})
+                 details={"trigger": trigger, "from_state": previous, "round": case.round, **(facts or {})})
     # A refusal ends the round: a reset or secret decided in it must not run if a senior admin
     # reopens the case and it is verified again (on other evidence, for another reason).
     cancel_pending(actor, case, "case refused")
+    close_enrolment_window(actor, case, reason)
+    return end_round(case)
 
 
 def escalate(actor: Actor, case: RecoveryCase, flags: list[str], reason: str, *,
@@ -176,6 +208,10 @@ def escalate(actor: Actor, case: RecoveryCase, flags: list[str], reason: str, *,
     previous = case.state
     case.state_before_escalation = previous
     case.flags = sorted(set(case.flags) | set(flags))
+    tenant = db.session.get(Tenant, case.tenant_id)
+    assert tenant is not None
+    # Counted from the escalation: an escalation nobody takes up must not stay open forever.
+    case.escalation_expires_at = utcnow() + timedelta(hours=float(tenant.setting("escalation_ttl_hours")))
     move(case, m.ESCALATED)
     record_event(actor, AuditAction.RECOVERY_ESCALATED, tenant_id=case.tenant_id, target_user_id=case.user_id,
                  case_id=case.id, reason=reason,

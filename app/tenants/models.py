@@ -20,6 +20,9 @@ DEFAULT_TENANT_SETTINGS: dict[str, Any] = {
     "privileged_requires_two_evidence_types": True,
     "strict_two_evidence_types": False,
     "verification_ttl_hours": 72,
+    # An escalated case that no senior admin resumes or refuses expires this long after the
+    # escalation (the senior admins are told).
+    "escalation_ttl_hours": 72,
     "reset_cooldown_hours": 0,
     "allow_temporary_access_pass": False,
     # SMS pumping (issue 8, item 10): verification calls placed per hour, by case and by agent,

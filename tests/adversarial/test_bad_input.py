@@ -97,7 +97,10 @@ def json_operations(world: World) -> dict[str, tuple[str, dict[str, str], dict[s
         "POST /v1/admin/cases/{case_id}/actions/{action}": (
             f"{case}/actions/refuse", a.senior.headers,
             {"reason": "not convinced", "trigger": "agent_judgement", "backup_codes_unusable": "lost too",
-             "delivery": "verified_phone"}),
+             "delivery": "verified_phone", "action_id": str(uuid.uuid4())}),
+        "POST /v1/admin/users/{user_id}/channels/{channel_id}/trust": (
+            f"/v1/admin/users/{a.user_id}/channels/{a.channel_id}/trust", a.senior.headers,
+            {"reason": "The carrier confirmed the number is back with its owner"}),
     }
 
 
@@ -548,7 +551,8 @@ def _valid_args(world: World) -> dict[str, str]:
     a = world.a
     return {"case_id": a.case_id, "user_id": a.user_id, "call_id": a.call_id, "action": "refuse",
             "integration_id": str(a.integration.id), "token": uuid.uuid4().hex + ".00",
-            "key_id": a.key_id, "tenant": a.tenant.slug}
+            "key_id": a.key_id, "tenant": a.tenant.slug,
+            "channel_id": a.channel_id}
 
 
 def _is_page(app: Any, rule: Any) -> bool:
@@ -589,7 +593,8 @@ def _body_for(rule: Any, world: World) -> dict[str, Any] | None:
               "verification-calls": {"channel_id": world.a.channel_id, "method": "sms"},
               "confirm": {"code": "12345678"},
               "<action>": {"reason": "bad id probe"},
-              "<key_id>": {"label": "bad id probe"}}
+              "<key_id>": {"label": "bad id probe"},
+              "trust": {"reason": "bad id probe"}}
     last = rule.rule.rsplit("/", 1)[1]
     return bodies.get(last)
 

@@ -44,6 +44,7 @@ PUBLIC = "public: health, the API document and our static files, no tenant data"
 ROUTES: dict[tuple[str, str], str] = {
     ("/v1/admin/users/<user_id>", "GET"): AGENT,
     ("/v1/admin/users/<user_id>/notes", "POST"): AGENT,
+    ("/v1/admin/users/<user_id>/channels/<channel_id>/trust", "POST"): AGENT,
     ("/v1/admin/cases/<case_id>", "GET"): AGENT,
     ("/v1/admin/cases/<case_id>/evidence", "POST"): AGENT,
     ("/v1/admin/cases/<case_id>/verification-calls", "POST"): AGENT,
@@ -127,6 +128,10 @@ def agent_probes(a: Side, b: Side) -> list[Probe]:
         Probe(("/v1/admin/users/<user_id>", "GET"), "A's user", f"/v1/admin/users/{a.user_id}"),
         Probe(("/v1/admin/users/<user_id>/notes", "POST"), "a note on A's user",
               f"/v1/admin/users/{a.user_id}/notes", {"body": "Looked at this account."}),
+        Probe(("/v1/admin/users/<user_id>/channels/<channel_id>/trust", "POST"), "trusting A's phone",
+              f"/v1/admin/users/{a.user_id}/channels/{a.channel_id}/trust", {"reason": "cross-tenant probe"}),
+        Probe(("/v1/admin/users/<user_id>/channels/<channel_id>/trust", "POST"), "A's phone on B's user",
+              f"/v1/admin/users/{b.user_id}/channels/{a.channel_id}/trust", {"reason": "cross-tenant probe"}),
         Probe(("/v1/admin/cases/<case_id>", "GET"), "A's case", case),
         Probe(("/v1/admin/cases/<case_id>/evidence", "POST"), "evidence on A's case", f"{case}/evidence",
               {"type": "video_call", "details": VIDEO_CALL, "reason": "seen on video"}),
@@ -463,7 +468,7 @@ def test_a_agents_reach_every_probed_object(client: Any, world: World) -> None:
     """Run last (it changes A): the same requests with A's senior admin find every object."""
     a, b = world.a, world.b
     for probe in agent_probes(a, b):
-        if f"/v1/admin/cases/{b.case_id}" in probe.url:
-            continue  # B's case is B's; A's agent rightly gets 404 there
+        if f"/v1/admin/cases/{b.case_id}" in probe.url or f"/v1/admin/users/{b.user_id}" in probe.url:
+            continue  # B's case and user are B's; A's agent rightly gets 404 there
         answer = _send(client, probe, a.senior.headers)
         assert answer.status_code != 404, (probe.name, answer.get_json())

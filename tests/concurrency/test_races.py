@@ -379,10 +379,11 @@ def test_two_senior_admins_approving_one_privileged_reset_approve_it_once(pg, ap
     r = client.post(f"/v1/admin/cases/{case_id}/actions/force_mfa_reset", headers=agent.headers,
                     json={"reason": "Lost device; verified by a callback"})
     assert r.status_code == 200 and r.get_json()["action"]["status"] == "awaiting_approval", r.get_json()
+    action_id = r.get_json()["action"]["id"]
 
     answers = race(app, 4, lambda i, c: answer(c.post(
         f"/v1/admin/cases/{case_id}/actions/approve", headers=seniors[i].headers,
-        json={"reason": f"Second person {i}: checked the callback record"})))
+        json={"reason": f"Second person {i}: checked the callback record", "action_id": action_id})))
     factory.drain_tasks()
 
     statuses = Counter(status for status, _ in answers)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import CeleryWorker, RedisServer, module_app, worker_env
+from tests.integration.conftest import CeleryWorker, RedisServer, module_app, purge, worker_env
 from tests.recovery_steps import World, polled
 from tests.services import need
 
@@ -99,20 +100,32 @@ def wait_idle(broker_url: str, timeout: float = IDLE_TIMEOUT) -> None:
         time.sleep(0.05)
 
 
-def worker_world(client: Any, factory: Any, broker_url: str, *, timeout: float = 20.0) -> World:
+def worker_world(client: Any, factory: Any, broker_url: str, *, timeout: float = 20.0,
+                 worker: CeleryWorker | None = None) -> World:
     """Requests in this process; every task in the real worker consuming `broker_url`."""
 
     def run_task(name: str, kwargs: dict[str, Any]) -> None:
         factory.app.extensions["celery"].send_task(name, kwargs=kwargs)
         wait_idle(broker_url)
 
-    return World(client, factory, polled(timeout=timeout), run_task, lambda: wait_idle(broker_url))
+    @contextmanager
+    def paused() -> Iterator[None]:
+        assert worker is not None, "this world has no worker of its own to pause"
+        wait_idle(broker_url)
+        worker.stop()
+        try:
+            yield
+        finally:
+            worker.start()
+
+    return World(client, factory, polled(timeout=timeout), run_task, lambda: wait_idle(broker_url),
+                 paused=paused, lose_queued=lambda: purge(broker_url))
 
 
 @pytest.fixture
 def world(client: Any, factory: Any, worker: CeleryWorker, broker: RedisServer) -> World:
     """Requests in this process; every task in the real worker."""
-    return worker_world(client, factory, broker.url)
+    return worker_world(client, factory, broker.url, worker=worker)
 
 
 @pytest.fixture

@@ -204,7 +204,8 @@ class TestPrivilegedUser:
         detail = client.get(f"/v1/admin/cases/{opened.case_id}", headers=agent.headers).json
         assert detail["evidence_required_types"] == 2
 
-        second = _evidence(client, agent, opened.case_id, "federated_signin",
+        # Two people (item 6 of issue 8): the second type is recorded by someone else.
+        second = _evidence(client, senior, opened.case_id, "federated_signin",
                            {"issuer": ISSUER, "subject": "sub-vip", "signed_in_at": datetime.now(UTC).isoformat()})
 
         assert second.status_code == 201, second.json

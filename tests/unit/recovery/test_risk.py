@@ -59,7 +59,7 @@ class TestUnusualActivity:
                 notify_senior_admins(uuid.UUID(opened.case_id))
                 db.session.commit()
         [notified] = case_events(app, opened.case_id, "recovery.senior_admins_notified")
-        assert notified.details == {"admins": 2, "trigger": "unusual_activity"}
+        assert notified.details == {"admins": 2, "trigger": "unusual_activity", "why": "refused", "round": 1}
         emails = messages_for(dev_outbox, f"case:{opened.case_id}:notify")
         assert sorted(m["to"] for m in emails) == sorted(s.agent.email for s in seniors)
         assert support.agent.email not in [m["to"] for m in emails]
