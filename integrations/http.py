@@ -315,7 +315,7 @@ def exchange(
     policy: OutboundPolicy,
     headers: Mapping[str, str] | None = None,
     data: bytes | Mapping[str, str] | None = None,
-    params: Mapping[str, str] | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> OutboundExchange:
     """Like `send` (vetted, pinned, no redirects, capped), but returns every status to the caller;
     only a network failure or timeout raises (TransientDeliveryError)."""
