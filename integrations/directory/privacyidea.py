@@ -44,7 +44,7 @@ SUSPENDED_INFO = "rekey_suspended"
 TEMPORARY_PASSWORD_HOURS = 24
 # Lowercase letters and digits without the look-alikes (0/o, 1/l/i): typed by hand from a text message.
 CODE_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"
-CODE_LENGTH = 10
+CODE_LENGTH = 14  # ~69 bits: DESIGN wants backup codes of at least 64 bits
 # Tokens Rekey issues or that hold no second factor a user enrolled: not "enrolled again".
 NOT_ENROLMENT = frozenset({"tan", "paper", "registration", "pw", "spass"})
 PAGE_SIZE = 100
@@ -68,7 +68,7 @@ def _parse_time(value: Any) -> datetime | None:
 
 
 def new_code() -> str:
-    """One backup code (TAN): 10 characters, ~49 bits."""
+    """One backup code (TAN): 14 characters of a 31-letter alphabet, ~69 bits."""
     return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
 
 
