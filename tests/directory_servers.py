@@ -24,9 +24,10 @@ from typing import Any
 import pytest
 import requests
 
+from integrations.fakes.server import Answer, FakeServer, RecordedRequest
 from tests.services import REQUIRE
 
-__all__ = ["PrivacyIDEAServer", "privacyidea_server"]
+__all__ = ["ForwardingProxy", "PrivacyIDEAServer", "privacyidea_server"]
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "privacyidea-test-server"
 INSTALL_TIMEOUT = float(os.environ.get("REKEY_PI_INSTALL_TIMEOUT", "1200"))
@@ -172,6 +173,32 @@ class PrivacyIDEAServer:
         answer = requests.post(f"{self.url}/validate/check", timeout=30,
                                data={"user": username, "realm": self.realm, "pass": password})
         return bool(answer.json()["result"].get("value"))
+
+
+class ForwardingProxy(FakeServer):
+    """A reverse proxy in front of the real server, as a load balancer would be: it forwards every request as is,
+    answers 502 when the server is down, and calls `before(n, request)` before forwarding the n-th request (1-based),
+    which is how a test stops the real server in the middle of one adapter call (between two of its requests)."""
+
+    def __init__(self, upstream: str, before: Any = None):
+        super().__init__()
+        self.upstream = upstream.rstrip("/")
+        self.before = before
+        self.forwarded = 0
+
+    def handle(self, request: RecordedRequest) -> Answer:
+        if self.before is not None:
+            self.before(len(self.requests), request)
+        query = [(k, v) for k, values in request.query.items() for v in values]
+        headers = {k: v for k, v in request.headers.items() if k in ("authorization", "content-type", "accept")}
+        try:
+            answer = requests.request(request.method, self.upstream + request.path, params=query, data=request.body,
+                                      headers=headers, timeout=30, allow_redirects=False)
+        except requests.RequestException:
+            return Answer(502, b"<html><body>502 Bad Gateway</body></html>", {"Content-Type": "text/html"})
+        self.forwarded += 1
+        return Answer(answer.status_code, answer.content,
+                      {"Content-Type": answer.headers.get("Content-Type", "application/json")})
 
 
 @pytest.fixture(scope="session")

@@ -287,3 +287,12 @@ class KeycloakDirectory:
             since = since.replace(tzinfo=UTC)
         factors = [self._factor(c) for c in self._credentials(external_id) if c.get("type") != PASSWORD_TYPE]
         return tuple(f for f in factors if f.created_at is not None and f.created_at >= since)
+
+
+def from_config(config: Any, policy: OutboundPolicy | None = None) -> KeycloakDirectory:
+    """The registry's factory: url, realm, `options["client_id"]` and the opened client secret as the token."""
+    client_id = str((config.options or {}).get("client_id") or "")
+    if not config.url or not config.realm or not client_id or not config.token:
+        raise PermanentDirectoryError("Keycloak directory needs a URL, a realm, options.client_id and a client secret")
+    return KeycloakDirectory(url=config.url, realm=config.realm, client_id=client_id, client_secret=config.token,
+                             policy=policy or OutboundPolicy.from_env())

@@ -343,3 +343,11 @@ def _outcome(event_type: str) -> str | None:
     if event_type in PENDING_EVENTS or not event_type:
         return None
     return "failure"
+
+
+def from_config(config: Any, policy: OutboundPolicy | None = None) -> PrivacyIDEADirectory:
+    """The registry's factory: a tenant's directory configuration (url, realm, opened token) to an adapter."""
+    if not config.url or not config.realm or not config.token:
+        raise PermanentDirectoryError("privacyIDEA directory needs a URL, a realm and a service token")
+    return PrivacyIDEADirectory(url=config.url, realm=config.realm, token=config.token,
+                                policy=policy or OutboundPolicy.from_env())

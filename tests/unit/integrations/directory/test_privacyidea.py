@@ -12,7 +12,7 @@ from integrations.directory import Directory, PermanentDirectoryError, Transient
 from integrations.directory.privacyidea import PrivacyIDEADirectory
 from integrations.fakes.server import Answer, FakeServer, RecordedRequest, Reply
 from integrations.http import OutboundPolicy
-from tests.directory_servers import HOTP_VALUES, PrivacyIDEAServer
+from tests.directory_servers import HOTP_VALUES, ForwardingProxy, PrivacyIDEAServer
 
 
 @pytest.fixture
@@ -229,6 +229,39 @@ def test_server_stopped_mid_reset_is_transient_and_the_retry_finishes(
 
     assert sorted(directory.reset_factors(user).removed) == sorted([totp, hotp])
     assert pi.serials(user) == set()
+
+
+def test_server_stopped_between_two_deletes_of_a_reset_the_retry_removes_the_rest(
+        privacyidea_server: PrivacyIDEAServer) -> None:
+    pi = privacyidea_server
+    user = pi.create_user()
+    first, second = sorted([_serial("HOTP"), _serial("TOTP")])
+    pi.enrol_hotp(user, first)
+    pi.enrol_totp(user, second, secrets.token_hex(20))
+    deletes: list[str] = []
+
+    def stop_at_second_delete(n: int, request: RecordedRequest) -> None:
+        if request.method == "DELETE":
+            deletes.append(request.path)
+            if len(deletes) == 2:
+                pi.stop()  # the real server goes away in the middle of the call
+
+    with ForwardingProxy(pi.url, before=stop_at_second_delete) as proxy:
+        directory = PrivacyIDEADirectory(url=proxy.url, realm=pi.realm, token=pi.token,
+                                         policy=OutboundPolicy(allowlist=("127.0.0.1",), read_timeout=30.0))
+        try:
+            with pytest.raises(TransientDirectoryError, match="502"):
+                directory.reset_factors(user)
+        finally:
+            pi.start()
+        assert len(pi.serials(user)) == 1  # one token deleted before the stop, one still there
+
+        retry = directory.reset_factors(user)
+
+        assert len(retry.removed) == 1
+        assert set(retry.removed) | {deletes[0].rsplit("/", 1)[1]} == {first, second}
+        assert pi.serials(user) == set()
+        assert directory.reset_factors(user).removed == ()
 
 
 class _Unwell(FakeServer):
