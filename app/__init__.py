@@ -39,7 +39,14 @@ def configure_logging(level: str) -> None:
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     """Build the Flask application from `settings` (default: the environment)."""
-    settings = settings or Settings()
+    if settings is None:
+        from app.config import ConfigError
+
+        try:
+            settings = Settings()
+        except ConfigError as exc:
+            # gunicorn and celery load the app from the environment: one line, no traceback.
+            raise SystemExit(f"rekey: {exc}") from None
     if settings.is_production and settings.development_secrets_in_use():
         raise InsecureConfiguration(
             "REKEY_ENV=production but these still hold development values: "

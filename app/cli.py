@@ -68,6 +68,13 @@ def _parse_time(value: str | None) -> datetime | None:
 @click.group()
 def main() -> None:
     """Rekey: account recovery that enforces the support runbook."""
+    from app.config import ConfigError
+
+    try:
+        Settings()  # an unusable setting is one line naming the variable, not a traceback
+    except ConfigError as exc:
+        click.echo(f"rekey: {exc}", err=True)
+        sys.exit(2)
 
 
 @main.group()

@@ -46,6 +46,38 @@ def url_host_problem(url: str) -> str | None:
     return "has an IP address for its host; WebAuthn needs a host name (e.g. localhost)"
 
 
+class ConfigError(ValueError):
+    """A setting Rekey cannot use. The message is one line that names the variable."""
+
+
+# The drivers Rekey installs: psycopg 3 for PostgreSQL, the standard library's sqlite3.
+DATABASE_DRIVERS = ("postgresql+psycopg", "sqlite", "sqlite+pysqlite")
+
+
+def database_url_from(raw: str, variable: str = "DATABASE_URL") -> str:
+    """`raw` as a URL SQLAlchemy can open with the drivers Rekey installs. The `postgres://` and
+    `postgresql://` URLs hosts hand out (Heroku, Render, Railway...) name no driver, and SQLAlchemy
+    would reach for psycopg2: they are mapped to psycopg 3. Anything else unusable is a ConfigError
+    whose one-line message names `variable` (never the URL itself: it may hold a password)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    value = raw.strip()
+    scheme, sep, rest = value.partition("://")
+    if not sep or not scheme:
+        raise ConfigError(f"{variable} is not a database URL (expected postgresql://user:password@host/name)")
+    if scheme.lower() in ("postgres", "postgresql"):
+        value = f"postgresql+psycopg://{rest}"
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError(f"{variable} is not a usable database URL ({type(exc).__name__})") from None
+    if url.drivername not in DATABASE_DRIVERS:
+        raise ConfigError(f"{variable} names the driver {url.drivername!r}, which Rekey does not install: "
+                          "use postgresql://, postgresql+psycopg:// or sqlite:///")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """The settings a process reads once at start; tests build their own."""
@@ -113,6 +145,10 @@ class Settings:
     # Optional SIEM sink for audit events (Standard Webhooks-signed POSTs).
     siem_url: str = field(default_factory=lambda: _env("REKEY_SIEM_URL", ""))
     siem_secret: str = field(default_factory=lambda: _env("REKEY_SIEM_SECRET", ""), repr=False)
+
+    def __post_init__(self) -> None:
+        # Every way a Settings is built (the environment, `replace` in tests) gets a usable URL.
+        object.__setattr__(self, "database_url", database_url_from(self.database_url))
 
     @property
     def is_production(self) -> bool:
