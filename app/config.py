@@ -145,6 +145,21 @@ class Settings:
     # Optional SIEM sink for audit events (Standard Webhooks-signed POSTs).
     siem_url: str = field(default_factory=lambda: _env("REKEY_SIEM_URL", ""))
     siem_secret: str = field(default_factory=lambda: _env("REKEY_SIEM_SECRET", ""), repr=False)
+    # Signed audit checkpoints: the Ed25519 private key (PEM text, a file holding it, or base64 of
+    # its 32 raw bytes; only the checkpoint writer needs it), the public key verifiers use
+    # (default: the private key's), and the directory of append-only checkpoint files.
+    audit_signing_key: str = field(default_factory=lambda: _env("REKEY_AUDIT_SIGNING_KEY", ""), repr=False)
+    audit_public_key: str = field(default_factory=lambda: _env("REKEY_AUDIT_PUBLIC_KEY", ""))
+    audit_checkpoint_dir: str = field(
+        default_factory=lambda: _env("REKEY_AUDIT_CHECKPOINT_DIR", str(INSTANCE_DIR / "audit-checkpoints")))
+    # Where development keeps its generated signing key (never used in production).
+    audit_dev_key_path: str = field(
+        default_factory=lambda: _env("REKEY_AUDIT_DEV_KEY_PATH", str(INSTANCE_DIR / "audit-signing-key.pem")))
+    # The database owner's URL, for migrations only; the app connects with DATABASE_URL as a role
+    # with only the privileges it needs. Empty: one URL for both (development).
+    database_migration_url: str = field(default_factory=lambda: _env("DATABASE_MIGRATION_URL", ""), repr=False)
+    # The application role `rekey db upgrade` creates and grants (default: DATABASE_URL's user).
+    database_app_role: str = field(default_factory=lambda: _env("REKEY_DATABASE_APP_ROLE", ""))
 
     def __post_init__(self) -> None:
         # Every way a Settings is built (the environment, `replace` in tests) gets a usable URL.
