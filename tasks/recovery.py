@@ -78,9 +78,9 @@ def follow_up(case_id: str) -> bool:
 
 
 @shared_task(name="rekey.recovery.post_ticket_comment")
-def post_ticket_comment(case_id: str) -> str | None:
-    """Post the status comment to the originating ticket."""
-    return comments.post_ticket_comment(uuid.UUID(case_id))
+def post_ticket_comment(case_id: str, request_id: str | None = None) -> str | None:
+    """Post the status comment to the originating ticket (or to the joining ticket `request_id`)."""
+    return comments.post_ticket_comment(uuid.UUID(case_id), uuid.UUID(request_id) if request_id else None)
 
 
 @shared_task(name="rekey.recovery.run_scheduled")

@@ -246,6 +246,11 @@ def send_follow_up(case_id: uuid.UUID) -> bool:
                  target_user_id=case.user_id, case_id=case.id, details={"emails": len(emails)})
     if case.integration_id and case.ticket_id:
         enqueue("rekey.recovery.post_ticket_comment", case_id=str(case.id))
+    # Every ticket that joined the case hears the same (issue 8, item 11).
+    for request_id in db.session.scalars(select(m.CaseRequest.id).where(
+            m.CaseRequest.case_id == case.id, m.CaseRequest.joined.is_(True),
+            m.CaseRequest.ticket_id.is_not(None)).order_by(m.CaseRequest.received_at)):
+        enqueue("rekey.recovery.post_ticket_comment", case_id=str(case.id), request_id=str(request_id))
     if case.state == m.RECOVERED:
         move(case, m.CLOSED)
         record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_CLOSED, tenant_id=case.tenant_id,

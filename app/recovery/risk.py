@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from app.accounts.models import Channel, SigninAttempt, User
 from app.extensions import db, utcnow
-from app.recovery.models import RecoveryCase
+from app.recovery.models import CaseRequest, RecoveryCase
 from app.tenants.models import Tenant
 
 # Pressure language: the classic social-engineering lever the runbook tells agents to refuse.
@@ -64,7 +64,10 @@ def screen(tenant: Tenant, case: RecoveryCase, user: User) -> RiskResult:
     if unusual:
         return RiskResult(refuse="unusual_activity", facts=facts)
     flags: list[str] = []
-    if is_urgent(case.subject, case.text):
+    # Every request of the case counts: a second ticket's "URGENT, skip the checks" too.
+    joined = db.session.execute(select(CaseRequest.subject, CaseRequest.text).where(
+        CaseRequest.case_id == case.id, CaseRequest.joined.is_(True))).all()
+    if is_urgent(case.subject, case.text, *(t for row in joined for t in row)):
         flags.append("urgency")
     since = case.opened_at - timedelta(days=int(tenant.setting("recent_channel_change_days")))
     changed = db.session.scalar(
