@@ -316,3 +316,81 @@ def test_temporary_password_leads_to_the_password_change(world: World) -> None:
                                                           "new_password_again": new})
     assert changed.status_code == 303 and changed.headers["Location"].startswith(f"{base}/enrol")
     assert len(audit(world, c.tenant, "user.password_changed")) == 1
+
+
+# --- security-key attacks on the sign-in page (the tests' software authenticator) -----------------
+
+
+def _user_with_key(world: World) -> tuple[Any, SoftKey]:
+    """A user with an authenticator app and a security key registered through the pages."""
+    c = cast(world)
+    base = f"/t/{c.tenant.slug}"
+    client = world.app.test_client()
+    verify = client.get(_password_step(client, c).headers["Location"])
+    client.post(f"{base}/signin/verify", data={"csrf_token": form_token(verify), "method": "otp",
+                                               "code": _next_code(c.totp_secret)})
+    key = SoftKey()
+    page = client.get(f"{base}/enrol/key")
+    options = client.post(f"{base}/enrol/key/options", headers={"X-CSRF-Token": form_token(page)}).json["options"]
+    import json
+
+    answer = client.post(f"{base}/enrol/key", data={"csrf_token": form_token(page),
+                                                    "credential": json.dumps(key.create(options))})
+    assert answer.status_code == 303, main_text(answer)
+    return c, key
+
+
+def _key_step(world: World, c: Any) -> tuple[Any, str, dict[str, Any]]:
+    """A fresh browser at step 2: its client, the page's CSRF token and the key request options."""
+    client = world.app.test_client()
+    verify = client.get(_password_step(client, c).headers["Location"])
+    token = form_token(verify)
+    options = client.post(f"/t/{c.tenant.slug}/signin/key/options", headers={"X-CSRF-Token": token})
+    assert options.status_code == 200, options.get_data(as_text=True)
+    return client, token, options.json["options"]
+
+
+def _send_assertion(client: Any, c: Any, token: str, credential: dict[str, Any]) -> Any:
+    import json
+
+    return client.post(f"/t/{c.tenant.slug}/signin/key", data={"csrf_token": token,
+                                                              "credential": json.dumps(credential)})
+
+
+def test_an_assertion_made_for_another_origin_is_refused_on_the_page(world: World) -> None:
+    c, key = _user_with_key(world)
+    client, token, options = _key_step(world, c)
+    answer = _send_assertion(client, c, token, key.get(options, origin="https://evil.example"))
+    assert "not correct" in assert_page(answer, 401)
+    assert _session_scopes(world, c.user) == ["full"]  # only the session of the enrolment
+    failed = audit(world, c.tenant, "auth.signin_failed")
+    assert [(e.details["method"], e.details["problem"]) for e in failed] == [("webauthn", "origin")]
+
+
+def test_a_replayed_assertion_is_refused_on_the_page(world: World) -> None:
+    c, key = _user_with_key(world)
+    client, token, options = _key_step(world, c)
+    assertion = key.get(options)
+    first = _send_assertion(client, c, token, assertion)
+    assert first.status_code == 303 and first.headers["Location"] == f"/t/{c.tenant.slug}/account"
+    # The same answer again, by another browser that got as far as step 2 with the password:
+    other, other_token, _ = _key_step(world, c)
+    replay = _send_assertion(other, c, other_token, assertion)
+    assert "not correct" in assert_page(replay, 401)
+    [failed] = audit(world, c.tenant, "auth.signin_failed")
+    assert failed.details["problem"] == "challenge"
+    assert len([e for e in audit(world, c.tenant, "auth.signin_succeeded") if e.details["method"] == "webauthn"]) == 1
+
+
+def test_a_cloned_key_is_refused_on_the_page_and_audited(world: World) -> None:
+    c, key = _user_with_key(world)
+    clone = key.clone()  # copied before the real key signs in again
+    client, token, options = _key_step(world, c)
+    assert _send_assertion(client, c, token, key.get(options)).status_code == 303
+    client, token, options = _key_step(world, c)
+    answer = _send_assertion(client, c, token, clone.get(options))  # its counter is behind
+    assert "not correct" in assert_page(answer, 401)
+    [suspected] = audit(world, c.tenant, "mfa.key_clone_suspected")
+    assert suspected.details["presented_count"] <= suspected.details["stored_count"]
+    [failed] = audit(world, c.tenant, "auth.signin_failed")
+    assert failed.details["problem"] == "sign_count"
