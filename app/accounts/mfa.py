@@ -206,6 +206,14 @@ def issue_backup_codes(actor: Actor, user: User, *, reason: str | None = None,
     return codes
 
 
+def regenerate_backup_codes(actor: Actor, user: User, session: UserSession) -> list[str]:
+    """The user's own regeneration (API and account page): ten new codes, shown once. A recovery
+    session must enrol a real factor before it may mint new codes."""
+    if session.scope != "full" and not active_factors(user):
+        raise Forbidden("Enrol a factor before regenerating backup codes.", code="restricted_session")
+    return issue_backup_codes(actor, user)
+
+
 def revoke_backup_code_batch(user: User, batch_id: uuid.UUID) -> int:
     """Revoke the unused codes of one batch (codes that never reached their user)."""
     return rows_changed(update(BackupCode).where(
@@ -241,15 +249,21 @@ def consume_backup_code(user: User, raw: str) -> bool:
 # --- password -------------------------------------------------------------------------------
 
 
+def password_change_forced(user: User, session: UserSession) -> bool:
+    """Whether this session may set a new password without the current one: it was opened by a
+    must-change (temporary) password."""
+    identity = user.password
+    # Only a session opened after the must-change password was set has proven it; an older one
+    # (or one stolen before an admin set a temporary password) must still present it.
+    return identity is not None and identity.must_change and session.created_at >= identity.set_at
+
+
 def change_password(actor: Actor, user: User, session: UserSession, *, new_password: str,
                     current_password: str | None) -> None:
     """Set a password the user chose. A session opened by a must-change (temporary) password has
     already proven it; any other session must present the current one."""
     identity = user.password
-    # Only a session opened after the must-change password was set has proven it; an older one
-    # (or one stolen before an admin set a temporary password) must still present it.
-    forced = (identity is not None and identity.must_change
-              and session.created_at >= identity.set_at)
+    forced = password_change_forced(user, session)
     if (identity is not None and not forced
             and not verify_password(identity.hash, current_password or "")):
         raise RuleRefused("The current password is not correct.", code="invalid_credentials")

@@ -204,6 +204,7 @@ class TestRunOnRedis:
         assert f"rekey run: database: sqlite:///{runner.instance / 'rekey.sqlite3'}" in out
         assert f"rekey run: web: http://localhost:{runner.port}" in out
         assert f"rekey run: pages: http://localhost:{runner.port}/t/<tenant>/" in out
+        assert f"rekey run: sign-in page: http://localhost:{runner.port}/t/<tenant>/signin" in out
         pids = runner.child_pids()
         assert set(pids) == {"web", "worker", "beat"}
 
