@@ -598,3 +598,51 @@ def demo(url: str | None, timeout: float, as_json: bool) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@main.group()
+def idp() -> None:
+    """A tenant's OpenID Connect identity providers (federated sign-in and federated evidence)."""
+
+
+@idp.command("add")
+@click.option("--tenant", "tenant_slug", required=True)
+@click.option("--issuer", required=True, help="The issuer URL, exactly as the ID tokens' `iss`.")
+@click.option("--client-id", required=True)
+@click.option("--name", default=None, help='Shown as "Sign in with NAME" (default: the issuer\'s host).')
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def idp_add(tenant_slug: str, issuer: str, client_id: str, name: str | None, as_json: bool) -> None:
+    """Register an identity provider; the client secret is read from stdin and stored encrypted.
+    Register the printed redirect URI at the provider."""
+    from app.actor import Actor
+    from app.federation.flow import callback_url
+    from app.federation.providers import add_identity_provider
+    from app.tenants.services import get_tenant_by_slug
+
+    found = get_tenant_by_slug(tenant_slug)
+    # Secrets come on stdin, never as arguments: arguments land in shell history and `ps`.
+    secret = sys.stdin.readline().strip()
+    provider = add_identity_provider(found, Actor(type="operator", id="cli", tenant_id=found.id), issuer=issuer,
+                                     client_id=client_id, client_secret=secret, name=name)
+    redirect_uri = callback_url(found)
+    _emit({"id": str(provider.id), "tenant": found.slug, "name": provider.name, "issuer": provider.issuer,
+           "client_id": provider.client_id, "redirect_uri": redirect_uri}, as_json,
+          f"identity provider {provider.name} id={provider.id}\nissuer: {provider.issuer}\n"
+          f"register this redirect URI at the provider: {redirect_uri}")
+
+
+@idp.command("list")
+@click.option("--tenant", "tenant_slug", required=True)
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def idp_list(tenant_slug: str, as_json: bool) -> None:
+    """The tenant's identity providers (never their secrets)."""
+    from app.federation.providers import list_identity_providers
+    from app.tenants.services import get_tenant_by_slug
+
+    found = get_tenant_by_slug(tenant_slug)
+    rows = [{"id": str(p.id), "name": p.name, "issuer": p.issuer, "client_id": p.client_id,
+             "created_at": p.created_at.isoformat()} for p in list_identity_providers(found.id)]
+    _emit(rows, as_json, "\n".join(f"{r['name']}  {r['issuer']}  client_id={r['client_id']}  id={r['id']}"
+                                   for r in rows) or "no identity providers")

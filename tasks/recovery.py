@@ -93,3 +93,11 @@ def run_scheduled() -> int:
 def requeue_stalled() -> int:
     """Beat: queue again actions, screens, codes and secret deliveries whose task vanished."""
     return closing.requeue_stalled()
+
+
+@shared_task(name="rekey.recovery.send_federated_signin_link")
+def send_federated_signin_link(signin_id: str) -> bool:
+    """Text or email the single-use federated sign-in link an agent asked for."""
+    from app.recovery.federated import deliver_federated_signin_link
+
+    return deliver_federated_signin_link(uuid.UUID(signin_id))

@@ -79,6 +79,11 @@ class AuditAction(StrEnum):
     RECOVERY_SECRET_DISCARDED = "recovery.secret_discarded"
     RECOVERY_SECRET_EXPIRED = "recovery.secret_expired"
     TASK_DEAD_LETTERED = "task.dead_lettered"
+    # Federated sign-in (OpenID Connect): a tenant's identity providers, the link an agent sends,
+    # and each sign-in Rekey observed or refused.
+    IDENTITY_PROVIDER_ADDED = "tenant.identity_provider_added"
+    RECOVERY_FEDERATED_LINK_SENT = "recovery.federated_link_sent"
+    FEDERATED_SIGNIN_REFUSED = "auth.federated_signin_refused"
 
 
 class AuditEvent(db.Model):  # type: ignore[name-defined]

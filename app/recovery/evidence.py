@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from flask import current_app
 from sqlalchemy import select, update
 
-from app.accounts.models import Channel, FederatedIdentity, User
+from app.accounts.models import Channel, User
 from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
@@ -41,7 +41,11 @@ REFUSED_TYPES = {
 }
 # Only Rekey's own machinery may record these; an agent's say-so is not the evidence.
 SYSTEM_ONLY = {"known_number_callback": "recorded by confirming a verification call",
-               "hr_attestation": "recorded from a signed HR integration webhook"}
+               "hr_attestation": "recorded from a signed HR integration webhook",
+               # Issue 8, item 5: what an agent typed (an issuer, a subject, a time) proves nothing; the
+               # issuer and subject are on the user's own detail page. Only a sign-in Rekey observed counts.
+               "federated_signin": "recorded by the system from an OpenID Connect sign-in it observed "
+                                   "(send_federated_signin_link, or the user's federated sign-in page)"}
 CODE_TTL = timedelta(minutes=10)
 CODE_ATTEMPTS = 5
 COMPROMISED_REASON = ("This phone was verified in a round that ended as a suspected attack; a senior admin "
@@ -91,29 +95,6 @@ def _check_video_call(details: dict[str, Any]) -> tuple[str | None, dict[str, An
                   "reference": reference.strip()[:200]}
 
 
-def _check_federated(case: RecoveryCase, user: User, details: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    issuer, subject, at = details.get("issuer"), details.get("subject"), details.get("signed_in_at")
-    if not (isinstance(issuer, str) and isinstance(subject, str) and isinstance(at, str)):
-        return "A federated sign-in needs issuer, subject and signed_in_at.", {}
-    try:
-        signed_in = datetime.fromisoformat(at.replace("Z", "+00:00"))
-    except ValueError:
-        return "signed_in_at is not an ISO 8601 time.", {}
-    if signed_in.tzinfo is None:
-        signed_in = signed_in.replace(tzinfo=UTC)
-    identity = db.session.scalars(select(FederatedIdentity).where(
-        FederatedIdentity.user_id == user.id, FederatedIdentity.issuer == issuer,
-        FederatedIdentity.subject == subject)).first()
-    # The stored issuer+subject must match: an email match is not enough (Okta 2023 incident).
-    if identity is None:
-        return "No federated identity with that issuer and subject is linked to the user.", {}
-    if identity.linked_at >= case.opened_at:
-        return "The federated identity was linked after the case opened.", {}
-    if not case.opened_at <= signed_in <= utcnow():
-        return "The federated sign-in must happen after the case opened (and not in the future).", {}
-    return None, {"identity_id": str(identity.id), "issuer": issuer, "signed_in_at": signed_in.isoformat()}
-
-
 def record_evidence(actor: Actor, case_id: uuid.UUID | str, *, type_: str, details: dict[str, Any],
                     reason: str) -> Evidence:
     """Record evidence an agent collected; refuse the unacceptable with the runbook's reason."""
@@ -128,8 +109,7 @@ def record_evidence(actor: Actor, case_id: uuid.UUID | str, *, type_: str, detai
     if type_ in SYSTEM_ONLY:
         raise _reject(actor, case, type_, reason, f"{type_} is {SYSTEM_ONLY[type_]}, not entered by hand.")
     assert user is not None  # cases without a user are refused before they can take evidence
-    problem, kept = (_check_video_call(details) if type_ == "video_call"
-                     else _check_federated(case, user, details))
+    problem, kept = _check_video_call(details)
     if problem:
         raise _reject(actor, case, type_, reason, problem)
     return accept_evidence(actor, case, type_, kept, reason)

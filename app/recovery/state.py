@@ -48,6 +48,8 @@ ALLOWED_FROM: dict[str, tuple[str, ...]] = {
     "close": (m.RECOVERED,),
     # Runbook step 4: the user's own enrolment closes the loop (app/recovery/closing.py).
     "record_enrolment": (m.VERIFIED, m.AWAITING_ENROLMENT),
+    # Federated evidence (app/recovery/federated.py): a link that starts an observed sign-in.
+    "send_federated_signin_link": (m.AWAITING_VERIFICATION,),
 }
 SENIOR_ONLY = {"resume", "reopen", "approve"}
 # Actions only a senior admin may take from these states: ending a suspected attack is a
