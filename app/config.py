@@ -113,6 +113,13 @@ class Settings:
     # Optional SIEM sink for audit events (Standard Webhooks-signed POSTs).
     siem_url: str = field(default_factory=lambda: _env("REKEY_SIEM_URL", ""))
     siem_secret: str = field(default_factory=lambda: _env("REKEY_SIEM_SECRET", ""), repr=False)
+    # The agent console: a session unused this long ends, none lives longer than the absolute
+    # lifetime, and a destructive action needs a second factor passed within the step-up window.
+    console_idle_timeout_seconds: int = field(
+        default_factory=lambda: _int("REKEY_CONSOLE_IDLE_TIMEOUT_SECONDS", 900))
+    console_session_ttl_seconds: int = field(
+        default_factory=lambda: _int("REKEY_CONSOLE_SESSION_TTL_SECONDS", 8 * 3600))
+    console_step_up_seconds: int = field(default_factory=lambda: _int("REKEY_CONSOLE_STEP_UP_SECONDS", 300))
 
     @property
     def is_production(self) -> bool:

@@ -335,6 +335,8 @@ def run(settings: Settings | None = None) -> int:
             started = ", ".join(f"{c.name} pid={c.pid}" for c in supervisor.children)
             say(f"web: {url} (health: {url}/healthz, {url}/readyz; API: {url}/openapi.json)")
             say(f"pages: {public}/t/<tenant>/ (the links in notices open {public}/t/<tenant>/links/...)")
+            say(f"agent console: {public}/console/ (agents sign in with the invitation `rekey agent create` "
+                "or `rekey agent invite` prints)")
             say(f"started {started}; Ctrl-C stops them all")
         return _supervise(supervisor, settings, url, received)
     finally:

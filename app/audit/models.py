@@ -79,6 +79,13 @@ class AuditAction(StrEnum):
     RECOVERY_SECRET_DISCARDED = "recovery.secret_discarded"
     RECOVERY_SECRET_EXPIRED = "recovery.secret_expired"
     TASK_DEAD_LETTERED = "task.dead_lettered"
+    # The agent console (issue 10): agents' own credentials.
+    AGENT_INVITED = "agent.invited"
+    AGENT_PASSWORD_SET = "agent.password_set"
+    AGENT_FACTOR_ENROLLED = "agent.factor_enrolled"
+    AGENT_MFA_RESET = "agent.mfa_reset"
+    AGENT_SESSIONS_REVOKED = "agent.sessions_revoked"
+    AGENT_LOCKED = "agent.locked"
 
 
 class AuditEvent(db.Model):  # type: ignore[name-defined]
