@@ -90,6 +90,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from app.pages import register_pages
 
     register_pages(app)
+    from app.console import register_console
+
+    register_console(app)
     from app.accounts import hooks
     from app.recovery.closing import EnrolmentPort
 

@@ -169,13 +169,18 @@ def agent_create(tenant_slug: str, email: str, name: str | None, role: str, exte
                  federated: tuple[str, ...], as_json: bool) -> None:
     """Create an agent; prints its API token once. The agent may never act on the recovery of a
     user with the same mailbox, external id or federated subject."""
+    from app.actor import Actor
+    from app.console.credentials import invite_agent
     from app.tenants.services import create_agent, get_tenant_by_slug
 
     created, token = create_agent(get_tenant_by_slug(tenant_slug), email=email, name=name or email, role=role,
                                   external_id=external_id, federated=[_issuer_subject(f) for f in federated])
-    _emit({"id": str(created.id), "email": created.email, "role": created.role, "token": token}, as_json,
+    invitation = invite_agent(Actor.system(created.tenant_id), created)
+    _emit({"id": str(created.id), "email": created.email, "role": created.role, "token": token,
+           "invitation": invitation}, as_json,
           f"agent {created.email} ({created.role}) id={created.id}\n"
-          f"token (shown once, store it now): {token}")
+          f"token (shown once, store it now): {token}\n"
+          f"{_console_how_to(invitation)}")
 
 
 def _issuer_subject(item: str) -> tuple[str, str]:
@@ -646,3 +651,77 @@ def idp_list(tenant_slug: str, as_json: bool) -> None:
              "created_at": p.created_at.isoformat()} for p in list_identity_providers(found.id)]
     _emit(rows, as_json, "\n".join(f"{r['name']}  {r['issuer']}  client_id={r['client_id']}  id={r['id']}"
                                    for r in rows) or "no identity providers")
+# --- the agent console (issue 10) ----------------------------------------------------------
+
+
+def _console_how_to(invitation: str) -> str:
+    return (f"console invitation (one-time, valid 24 hours; send it to the agent only): {invitation}\n"
+            "The agent opens it, chooses a console password, then signs in at the console (tenant, email, "
+            "password) and sets up a second factor, a security key or an authenticator app, at the first "
+            "sign-in. The API token above stays for scripts and integrations.")
+
+
+def _agent_of(tenant_slug: str, email: str) -> Any:
+    from sqlalchemy import select
+
+    from app.emails import normalize_email
+    from app.errors import NotFound
+    from app.extensions import db as database
+    from app.tenants.models import Agent
+    from app.tenants.services import get_tenant_by_slug
+
+    tenant = get_tenant_by_slug(tenant_slug)
+    found = database.session.scalars(select(Agent).where(Agent.tenant_id == tenant.id,
+                                                         Agent.email == normalize_email(email))).first()
+    if found is None:
+        raise NotFound("No such agent in the tenant.")
+    return found
+
+
+@agent.command("invite")
+@click.option("--tenant", "tenant_slug", required=True)
+@click.option("--email", required=True)
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def agent_invite(tenant_slug: str, email: str, as_json: bool) -> None:
+    """Issue a new one-time console invitation (24 hours) to set the password; earlier ones stop working."""
+    from app.actor import Actor
+    from app.console.credentials import invite_agent
+
+    found = _agent_of(tenant_slug, email)
+    invitation = invite_agent(Actor.system(found.tenant_id), found)
+    _emit({"id": str(found.id), "invitation": invitation}, as_json, _console_how_to(invitation))
+
+
+@agent.command("revoke-sessions")
+@click.option("--tenant", "tenant_slug", required=True)
+@click.option("--email", required=True)
+@click.option("--reason", required=True)
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def agent_revoke_sessions(tenant_slug: str, email: str, reason: str, as_json: bool) -> None:
+    """End every console session of the agent (audited)."""
+    from app.actor import Actor
+    from app.console.credentials import revoke_agent_sessions
+
+    found = _agent_of(tenant_slug, email)
+    count = revoke_agent_sessions(Actor.system(found.tenant_id), found, reason=reason)
+    _emit({"id": str(found.id), "sessions_revoked": count}, as_json, f"{count} console session(s) ended")
+
+
+@agent.command("reset-mfa")
+@click.option("--tenant", "tenant_slug", required=True)
+@click.option("--email", required=True)
+@click.option("--reason", required=True)
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def agent_reset_mfa(tenant_slug: str, email: str, reason: str, as_json: bool) -> None:
+    """Remove the agent's console second factors and end their sessions (audited); they enrol a new
+    one at their next sign-in."""
+    from app.actor import Actor
+    from app.console.credentials import reset_agent_mfa
+
+    found = _agent_of(tenant_slug, email)
+    removed = reset_agent_mfa(Actor.system(found.tenant_id), found, reason=reason)
+    _emit({"id": str(found.id), "factors_removed": removed}, as_json,
+          f"{removed} second factor(s) removed; the agent enrols a new one at the next console sign-in")

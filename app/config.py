@@ -145,6 +145,13 @@ class Settings:
     # Optional SIEM sink for audit events (Standard Webhooks-signed POSTs).
     siem_url: str = field(default_factory=lambda: _env("REKEY_SIEM_URL", ""))
     siem_secret: str = field(default_factory=lambda: _env("REKEY_SIEM_SECRET", ""), repr=False)
+    # The agent console: a session unused this long ends, none lives longer than the absolute
+    # lifetime, and a destructive action needs a second factor passed within the step-up window.
+    console_idle_timeout_seconds: int = field(
+        default_factory=lambda: _int("REKEY_CONSOLE_IDLE_TIMEOUT_SECONDS", 900))
+    console_session_ttl_seconds: int = field(
+        default_factory=lambda: _int("REKEY_CONSOLE_SESSION_TTL_SECONDS", 8 * 3600))
+    console_step_up_seconds: int = field(default_factory=lambda: _int("REKEY_CONSOLE_STEP_UP_SECONDS", 300))
     # Signed audit checkpoints: the Ed25519 private key (PEM text, a file holding it, or base64 of
     # its 32 raw bytes; only the checkpoint writer needs it), the public key verifiers use
     # (default: the private key's), and the directory of append-only checkpoint files.

@@ -17,6 +17,13 @@ from app.accounts.models import (  # noqa: F401
 )
 from app.audit.models import AuditEvent, AuditHead  # noqa: F401
 from app.federation.models import FederatedSignin, IdentityProvider  # noqa: F401
+from app.console.models import (  # noqa: F401
+    AgentFactor,
+    AgentInvitation,
+    AgentPassword,
+    AgentSession,
+    AgentSigninAttempt,
+)
 from app.intake.models import Integration, WebhookDelivery  # noqa: F401
 from app.jobs.models import DeadLetter, Effect, OutboxMessage  # noqa: F401
 from app.recovery.models import (  # noqa: F401

@@ -20,6 +20,7 @@ from app.recovery import models as m
 from app.recovery.models import RecoveryCase, VerificationCall
 from app.recovery.pending import cancel_pending
 from app.tenants.models import Agent, Tenant
+from app.tenants.step_up import require_step_up
 
 REFUSAL_TRIGGERS = ("unverifiable", "urgency", "unusual_activity", "agent_judgement")
 
@@ -105,6 +106,9 @@ def require(case: RecoveryCase, action: str, actor: Actor) -> None:
         # (a suspension would otherwise bring it back as an open case).
         raise CaseRefused("The case was refused; only a senior admin may act on it.",
                           details={"state": case.state})
+    # Last, so a refusal for the state or the role comes first: a console actor's recent second
+    # factor, or a tenant that forbids destructive actions by token (app/tenants/step_up.py).
+    require_step_up(actor, action)
 
 
 def is_own_account(actor: Actor, case: RecoveryCase) -> bool:

@@ -32,6 +32,10 @@ DEFAULT_TENANT_SETTINGS: dict[str, Any] = {
     "verification_texts_per_tenant_per_hour": 200,
     # The IANA zone whose calendar day "before today" means in the channel-age rule.
     "time_zone": "UTC",
+    # Whether an agent's API token (which has no second factor) may take a destructive action
+    # (force reset, temporary password, admin backup codes, suspend, approve); the console always
+    # needs a recent step-up for them.
+    "destructive_actions_by_token": True,
 }
 
 
