@@ -87,6 +87,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from app.recovery.closing import EnrolmentPort
 
     hooks.register(app, EnrolmentPort())
+    from app.accounts import directory as _builtin  # noqa: F401  (registers the built-in directory kind)
+
     _register_health(app)
 
     from tasks import celery_init_app

@@ -79,6 +79,10 @@ class AuditAction(StrEnum):
     RECOVERY_SECRET_DISCARDED = "recovery.secret_discarded"
     RECOVERY_SECRET_EXPIRED = "recovery.secret_expired"
     TASK_DEAD_LETTERED = "task.dead_lettered"
+    TENANT_DIRECTORY_CONFIGURED = "tenant.directory_configured"
+    RECOVERY_ACTION_FAILED = "recovery.action_failed"
+    RECOVERY_ACTION_RETRIED = "recovery.action_retried"
+    USER_CHANNEL_DATES_IMPORTED = "user.channel_dates_imported"
 
 
 class AuditEvent(db.Model):  # type: ignore[name-defined]
