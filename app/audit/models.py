@@ -83,6 +83,8 @@ class AuditAction(StrEnum):
     RECOVERY_ACTION_FAILED = "recovery.action_failed"
     RECOVERY_ACTION_RETRIED = "recovery.action_retried"
     USER_CHANNEL_DATES_IMPORTED = "user.channel_dates_imported"
+    DIRECTORY_USER_SUSPENDED = "directory.user_suspended"
+    DIRECTORY_SYNCED = "directory.synced"
 
 
 class AuditEvent(db.Model):  # type: ignore[name-defined]
