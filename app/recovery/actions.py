@@ -350,7 +350,7 @@ def retry_action(actor: Actor, case_id: uuid.UUID | str, *, action_id: uuid.UUID
     state rules and the same gate as the first time; a fresh effect key."""
     reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
-    require(case, "approve", actor)
+    require(case, "retry_action", actor)
     row = db.session.get(CaseAction, _action_id(action_id), with_for_update=True)
     if row is None or row.case_id != case.id:
         raise NotFound("No such action on this case.")

@@ -49,8 +49,10 @@ ALLOWED_FROM: dict[str, tuple[str, ...]] = {
     "close": (m.RECOVERED,),
     # Runbook step 4: the user's own enrolment closes the loop (app/recovery/closing.py).
     "record_enrolment": (m.VERIFIED, m.AWAITING_ENROLMENT),
+    # An action an external directory refused for good, queued again once the backend is fixed.
+    "retry_action": (m.VERIFIED, m.AWAITING_ENROLMENT),
 }
-SENIOR_ONLY = {"resume", "reopen", "approve"}
+SENIOR_ONLY = {"resume", "reopen", "approve", "retry_action"}
 # Actions only a senior admin may take from these states: ending a suspected attack is a
 # decision on an incident (the user stays suspended), not a support agent's call.
 SENIOR_ONLY_FROM: dict[str, tuple[str, ...]] = {"refuse": (m.SUSPECTED_ATTACK,)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from app.actor import Actor
 from app.audit.models import AuditAction
@@ -39,9 +40,10 @@ def configure_directory(actor: Actor, tenant: Tenant, *, kind: str, url: str = "
         record_event(actor, AuditAction.TENANT_DIRECTORY_CONFIGURED, tenant_id=tenant.id,
                      details={"kind": BUILTIN, "previous": previous})
         return None
-    if not url.startswith(("https://", "http://")):
+    parts = urlsplit(url or "")
+    if not (parts.scheme and parts.netloc):
         raise ValidationFailed("An external directory needs its URL (https://...).",
-                               details={"fields": {"url": ["An http(s) URL is required."]}})
+                               details={"fields": {"url": ["A URL with a scheme and a host is required."]}})
     if row is None:
         row = TenantDirectory(tenant_id=tenant.id, kind=kind, options={})
         db.session.add(row)
