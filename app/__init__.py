@@ -97,6 +97,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from app.recovery.closing import EnrolmentPort
 
     hooks.register(app, EnrolmentPort())
+    from app.accounts import directory as _builtin  # noqa: F401  (registers the built-in directory kind)
+
+    _import_directory_modules(settings)
+
     _register_health(app)
 
     from tasks import celery_init_app
@@ -127,3 +131,11 @@ def _register_health(app: Flask) -> None:
         if all(v == "ok" for v in checks.values()):
             return jsonify({"status": "ready", "checks": checks})
         return error_response(503, "not_ready", "A dependency is unreachable.", {"checks": checks})
+
+
+def _import_directory_modules(settings: Settings) -> None:
+    """Import the modules that register more directory kinds (REKEY_DIRECTORY_MODULES)."""
+    import importlib
+
+    for name in filter(None, (part.strip() for part in settings.directory_modules.split(","))):
+        importlib.import_module(name)

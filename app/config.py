@@ -145,6 +145,9 @@ class Settings:
     # Optional SIEM sink for audit events (Standard Webhooks-signed POSTs).
     siem_url: str = field(default_factory=lambda: _env("REKEY_SIEM_URL", ""))
     siem_secret: str = field(default_factory=lambda: _env("REKEY_SIEM_SECRET", ""), repr=False)
+    # Modules imported at start that register directory kinds (integrations/directory/registry.py)
+    # beyond the built-in ones, comma separated (a deployment's own adapter; the tests' `memory`).
+    directory_modules: str = field(default_factory=lambda: _env("REKEY_DIRECTORY_MODULES", ""))
     # The agent console: a session unused this long ends, none lives longer than the absolute
     # lifetime, and a destructive action needs a second factor passed within the step-up window.
     console_idle_timeout_seconds: int = field(

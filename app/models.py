@@ -33,4 +33,4 @@ from app.recovery.models import (  # noqa: F401
     RecoveryLink,
     VerificationCall,
 )
-from app.tenants.models import Agent, AgentIdentity, AgentToken, Tenant  # noqa: F401
+from app.tenants.models import Agent, AgentIdentity, AgentToken, Tenant, TenantDirectory  # noqa: F401

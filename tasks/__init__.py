@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.config import Settings
 from integrations.base import TransientDeliveryError
+from integrations.directory import TransientDirectoryError
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +35,7 @@ class TransientError(Exception):
 
 # Worth another try: the network, a dropped database connection, a peer's 5xx/429/timeout.
 TRANSIENT = (TransientError, TransientDeliveryError, requests.ConnectionError, requests.Timeout,
-             OperationalError, ConnectionError, TimeoutError)
+             OperationalError, ConnectionError, TimeoutError, TransientDirectoryError)
 
 VISIBILITY_TIMEOUT = 3600
 TASK_TIME_LIMIT = 300
@@ -81,6 +82,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "purge-deliveries": {"task": "rekey.intake.purge_deliveries", "schedule": 3600.0},
             "purge-signins": {"task": "rekey.accounts.purge_signins", "schedule": 3600.0},
             "audit-checkpoint": {"task": "rekey.audit.checkpoint", "schedule": 300.0},
+            "poll-directory-enrolments": {"task": "rekey.recovery.poll_enrolments", "schedule": 60.0},
+            "sync-directories": {"task": "rekey.directory.sync", "schedule": 3600.0},
         },
         "timezone": "UTC",
     }

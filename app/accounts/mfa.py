@@ -179,6 +179,23 @@ def issue_backup_codes(actor: Actor, user: User, *, reason: str | None = None,
     """Replace every unused code with a fresh set of ten; returns the codes (shown once).
     `case_id` names the recovery case an admin generated them for, and `extra` adds (non-secret)
     facts of that decision, in the audit trail."""
+    batch, codes = replace_backup_codes(user)
+    record_event(actor, AuditAction.BACKUP_CODES_GENERATED, tenant_id=user.tenant_id,
+                 target_user_id=user.id, case_id=case_id, reason=reason,
+                 details=backup_codes_event_details(actor, batch, extra))
+    return codes
+
+
+def backup_codes_event_details(actor: Actor, batch: uuid.UUID | str,
+                               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The `mfa.backup_codes_generated` details, the same whoever records the event."""
+    return {"count": BACKUP_CODE_COUNT, "batch_id": str(batch),
+            "by": "admin" if actor.type == "agent" else actor.type, **(extra or {})}
+
+
+def replace_backup_codes(user: User) -> tuple[uuid.UUID, list[str]]:
+    """Revoke every unused code and store a fresh batch of ten (flushed, not audited: the caller
+    records the event in the same transaction); returns the batch id and the codes."""
     now = utcnow()
     db.session.execute(
         update(BackupCode)
@@ -199,11 +216,7 @@ def issue_backup_codes(actor: Actor, user: User, *, reason: str | None = None,
         db.session.add(BackupCode(user_id=user.id, batch_id=batch, lookup=code[:LOOKUP_LEN],
                                   hash=hash_code(code), created_at=now))
     db.session.flush()
-    record_event(actor, AuditAction.BACKUP_CODES_GENERATED, tenant_id=user.tenant_id,
-                 target_user_id=user.id, case_id=case_id, reason=reason,
-                 details={"count": BACKUP_CODE_COUNT, "batch_id": str(batch),
-                          "by": "admin" if actor.type == "agent" else actor.type, **(extra or {})})
-    return codes
+    return batch, codes
 
 
 def regenerate_backup_codes(actor: Actor, user: User, session: UserSession) -> list[str]:

@@ -91,6 +91,12 @@ class AuditAction(StrEnum):
     AGENT_MFA_RESET = "agent.mfa_reset"
     AGENT_SESSIONS_REVOKED = "agent.sessions_revoked"
     AGENT_LOCKED = "agent.locked"
+    TENANT_DIRECTORY_CONFIGURED = "tenant.directory_configured"
+    RECOVERY_ACTION_FAILED = "recovery.action_failed"
+    RECOVERY_ACTION_RETRIED = "recovery.action_retried"
+    USER_CHANNEL_DATES_IMPORTED = "user.channel_dates_imported"
+    DIRECTORY_USER_SUSPENDED = "directory.user_suspended"
+    DIRECTORY_SYNCED = "directory.synced"
 
 
 class AuditEvent(db.Model):  # type: ignore[name-defined]

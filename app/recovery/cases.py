@@ -11,8 +11,9 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from app.accounts.models import User
-from app.accounts.services import find_user_by_email, normalize_email
+from app.accounts import records
+from app.accounts.records import UserRecord as User
+from app.accounts.services import normalize_email
 from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
@@ -20,6 +21,7 @@ from app.errors import Conflict, ValidationFailed
 from app.extensions import db, utcnow
 from app.jobs.services import enqueue
 from app.recovery import models as m
+from app.recovery.effects import locate_user
 from app.recovery.models import RecoveryCase
 from app.recovery.risk import screen
 from app.recovery.state import (
@@ -58,10 +60,7 @@ def _find_user(tenant: Tenant, request: RecoveryRequest) -> tuple[User | None, s
             email = normalize_email(request.user_email)
         except ValidationFailed:
             email = None
-    user = find_user_by_email(tenant.id, email) if email else None
-    if user is None and request.external_user_id:
-        user = db.session.scalars(select(User).where(
-            User.tenant_id == tenant.id, User.external_id == request.external_user_id)).first()
+    user = locate_user(tenant, email=email, external_id=request.external_user_id)
     return user, email or (request.user_email or "")[:320].lower() or None
 
 
@@ -228,7 +227,7 @@ def screen_case(case_id: uuid.UUID) -> RecoveryCase | None:
     tenant = db.session.get(Tenant, case.tenant_id)
     assert tenant is not None
     system = Actor.system(case.tenant_id)
-    user = db.session.get(User, case.user_id) if case.user_id else None
+    user = records.user_by_id(case.user_id)
     if user is None:
         refuse(system, case, "unverifiable", "The request names no account that can be verified.")
         return case

@@ -107,7 +107,7 @@ ROUTES: dict[tuple[str, str], str] = {
 }
 
 ACTIONS = ("force_mfa_reset", "generate_backup_codes", "set_temporary_password", "suspend_user", "approve",
-           "resume", "refuse", "reopen", "escalate", "send_follow_up", "close")
+           "resume", "refuse", "reopen", "escalate", "send_follow_up", "close", "retry_action")
 
 
 def _app_routes(app: Any) -> set[tuple[str, str]]:
