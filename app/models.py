@@ -16,7 +16,6 @@ from app.accounts.models import (  # noqa: F401
     WebAuthnCredential,
 )
 from app.audit.models import AuditEvent, AuditHead  # noqa: F401
-from app.federation.models import FederatedSignin, IdentityProvider  # noqa: F401
 from app.console.models import (  # noqa: F401
     AgentFactor,
     AgentInvitation,
@@ -24,6 +23,7 @@ from app.console.models import (  # noqa: F401
     AgentSession,
     AgentSigninAttempt,
 )
+from app.federation.models import FederatedSignin, IdentityProvider  # noqa: F401
 from app.intake.models import Integration, WebhookDelivery  # noqa: F401
 from app.jobs.models import DeadLetter, Effect, OutboxMessage  # noqa: F401
 from app.recovery.models import (  # noqa: F401

@@ -17,7 +17,6 @@ from sqlalchemy import select, update
 
 from app.accounts import records
 from app.accounts.records import ChannelRecord as Channel
-from app.accounts.records import UserRecord as User
 from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
