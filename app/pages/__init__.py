@@ -4,6 +4,7 @@ links.py; the browser-session helpers later pages sign users in with, in session
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from flask import Flask, g
@@ -33,7 +34,10 @@ def _tenant_in_templates() -> dict[str, Any]:
 
 def register_pages(app: Flask) -> None:
     """Register the end-user pages (and the old link addresses that now lead to them)."""
-    from app.pages import links, sessions
+    from app.pages import account, enrol, links, sessions, signin  # noqa: F401  (routes join `pages`)
+
+    # The federated sign-in pages put their routes on `pages`: imported before it is registered.
+    importlib.import_module("app.pages.federated")
 
     app.register_blueprint(pages)
     app.register_blueprint(links.legacy)

@@ -40,6 +40,15 @@ def _secret(action: str) -> Callable[[Actor, Any, dict[str, Any]], ActionOutcome
     return run
 
 
+def _federated_link(actor: Actor, case_id: Any, p: dict[str, Any]) -> ActionOutcome:
+    from app.recovery.federated import send_federated_signin_link
+
+    provider = p.get("provider_id")
+    send_federated_signin_link(actor, case_id, channel_id=str(p.get("channel_id") or ""), reason=p["reason"],
+                               provider_id=str(provider) if provider else None)
+    return ActionOutcome()
+
+
 def _case_move(move: Callable[..., Any], **fixed: Any) -> Callable[[Actor, Any, dict[str, Any]], ActionOutcome]:
     def run(actor: Actor, case_id: Any, p: dict[str, Any]) -> ActionOutcome:
         move(actor, case_id, reason=p["reason"], **{k: f(p) for k, f in fixed.items()})
@@ -50,6 +59,8 @@ def _case_move(move: Callable[..., Any], **fixed: Any) -> Callable[[Actor, Any, 
 _ACTIONS: dict[str, Callable[[Actor, Any, dict[str, Any]], ActionOutcome]] = {
     "force_mfa_reset": _force_reset,
     "approve": _approve,
+    "retry_action": lambda actor, cid, p: ActionOutcome(actions.retry_action(
+        actor, cid, action_id=p.get("action_id"), reason=p["reason"])),
     "generate_backup_codes": _secret("generate_backup_codes"),
     # A temporary password only ever goes to the phone verified in the case.
     "set_temporary_password": lambda actor, cid, p: _secret("set_temporary_password")(
@@ -61,6 +72,7 @@ _ACTIONS: dict[str, Callable[[Actor, Any, dict[str, Any]], ActionOutcome]] = {
     "escalate": _case_move(cases.escalate_case),
     "resume": _case_move(cases.resume_case),
     "reopen": _case_move(cases.reopen_case),
+    "send_federated_signin_link": lambda actor, cid, p: _federated_link(actor, cid, p),
 }
 AGENT_ACTIONS = tuple(sorted(_ACTIONS))
 

@@ -15,7 +15,8 @@ from zoneinfo import ZoneInfo
 from flask import current_app
 from sqlalchemy import select, update
 
-from app.accounts.models import Channel, FederatedIdentity, User
+from app.accounts import records
+from app.accounts.records import ChannelRecord as Channel
 from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
@@ -41,7 +42,11 @@ REFUSED_TYPES = {
 }
 # Only Rekey's own machinery may record these; an agent's say-so is not the evidence.
 SYSTEM_ONLY = {"known_number_callback": "recorded by confirming a verification call",
-               "hr_attestation": "recorded from a signed HR integration webhook"}
+               "hr_attestation": "recorded from a signed HR integration webhook",
+               # Issue 8, item 5: what an agent typed (an issuer, a subject, a time) proves nothing; the
+               # issuer and subject are on the user's own detail page. Only a sign-in Rekey observed counts.
+               "federated_signin": "recorded by the system from an OpenID Connect sign-in it observed "
+                                   "(send_federated_signin_link, or the user's federated sign-in page)"}
 CODE_TTL = timedelta(minutes=10)
 CODE_ATTEMPTS = 5
 COMPROMISED_REASON = ("This phone was verified in a round that ended as a suspected attack; a senior admin "
@@ -91,36 +96,13 @@ def _check_video_call(details: dict[str, Any]) -> tuple[str | None, dict[str, An
                   "reference": reference.strip()[:200]}
 
 
-def _check_federated(case: RecoveryCase, user: User, details: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    issuer, subject, at = details.get("issuer"), details.get("subject"), details.get("signed_in_at")
-    if not (isinstance(issuer, str) and isinstance(subject, str) and isinstance(at, str)):
-        return "A federated sign-in needs issuer, subject and signed_in_at.", {}
-    try:
-        signed_in = datetime.fromisoformat(at.replace("Z", "+00:00"))
-    except ValueError:
-        return "signed_in_at is not an ISO 8601 time.", {}
-    if signed_in.tzinfo is None:
-        signed_in = signed_in.replace(tzinfo=UTC)
-    identity = db.session.scalars(select(FederatedIdentity).where(
-        FederatedIdentity.user_id == user.id, FederatedIdentity.issuer == issuer,
-        FederatedIdentity.subject == subject)).first()
-    # The stored issuer+subject must match: an email match is not enough (Okta 2023 incident).
-    if identity is None:
-        return "No federated identity with that issuer and subject is linked to the user.", {}
-    if identity.linked_at >= case.opened_at:
-        return "The federated identity was linked after the case opened.", {}
-    if not case.opened_at <= signed_in <= utcnow():
-        return "The federated sign-in must happen after the case opened (and not in the future).", {}
-    return None, {"identity_id": str(identity.id), "issuer": issuer, "signed_in_at": signed_in.isoformat()}
-
-
 def record_evidence(actor: Actor, case_id: uuid.UUID | str, *, type_: str, details: dict[str, Any],
                     reason: str) -> Evidence:
     """Record evidence an agent collected; refuse the unacceptable with the runbook's reason."""
     reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
     require(case, "record_evidence", actor)
-    user = db.session.get(User, case.user_id) if case.user_id else None
+    user = records.user_by_id(case.user_id)
     if type_ in REFUSED_TYPES:
         raise _reject(actor, case, type_, reason, REFUSED_TYPES[type_])
     if type_ not in ACCEPTABLE:
@@ -128,8 +110,7 @@ def record_evidence(actor: Actor, case_id: uuid.UUID | str, *, type_: str, detai
     if type_ in SYSTEM_ONLY:
         raise _reject(actor, case, type_, reason, f"{type_} is {SYSTEM_ONLY[type_]}, not entered by hand.")
     assert user is not None  # cases without a user are refused before they can take evidence
-    problem, kept = (_check_video_call(details) if type_ == "video_call"
-                     else _check_federated(case, user, details))
+    problem, kept = _check_video_call(details)
     if problem:
         raise _reject(actor, case, type_, reason, problem)
     return accept_evidence(actor, case, type_, kept, reason)
@@ -177,9 +158,7 @@ def start_of_case_day(case: RecoveryCase) -> datetime:
 def eligible_channels(case: RecoveryCase) -> list[Channel]:
     """Phones on the account since before the start of the day the case opened (tenant's clock)."""
     cutoff = start_of_case_day(case)
-    return list(db.session.scalars(select(Channel).where(
-        Channel.user_id == case.user_id, Channel.kind == "phone", Channel.removed_at.is_(None),
-        Channel.added_at < cutoff)).all())
+    return records.phones_added_before(case.user_id, cutoff)
 
 
 def place_verification_call(actor: Actor, case_id: uuid.UUID | str, *, channel_id: str,
@@ -187,10 +166,7 @@ def place_verification_call(actor: Actor, case_id: uuid.UUID | str, *, channel_i
     """Send a one-time code to a phone that predates the case; the agent never types a number."""
     case = load_case(actor, case_id, lock=True)
     require(case, "place_verification_call", actor)
-    try:
-        channel = db.session.get(Channel, uuid.UUID(str(channel_id)))
-    except ValueError:
-        channel = None
+    channel = records.channel(channel_id)
     if channel is None or channel.user_id != case.user_id or channel.kind != "phone" or channel.removed_at:
         raise NotFound("No such phone channel on this user.")
     day_started = start_of_case_day(case)
@@ -266,7 +242,7 @@ def confirm_verification_call(actor: Actor, case_id: uuid.UUID | str, call_id: s
 def record_hr_attestation(tenant: Tenant, integration: Any, actor: Actor, data: dict[str, Any]) -> RecoveryCase:
     """The manager/HR corroboration of runbook step 1, from a signed HR integration of the
     case's own tenant. The voucher must not be the user (nor the requester)."""
-    from app.accounts.services import find_user_by_email, normalize_email
+    from app.accounts.services import normalize_email
     from app.errors import ValidationFailed
 
     if integration.kind != "hr":
@@ -281,7 +257,7 @@ def record_hr_attestation(tenant: Tenant, integration: Any, actor: Actor, data: 
             case = None
     elif data.get("user_email"):
         try:
-            user = find_user_by_email(tenant.id, normalize_email(str(data["user_email"])))
+            user = records.find_user(tenant.id, email=normalize_email(str(data["user_email"])))
         except ValidationFailed:
             user = None
         if user is not None:
@@ -291,7 +267,7 @@ def record_hr_attestation(tenant: Tenant, integration: Any, actor: Actor, data: 
         # Another tenant's case id lands here too: it does not exist for this integration.
         raise NotFound("No open case matches the attestation.")
     require(case, "record_evidence", actor)
-    user = db.session.get(User, case.user_id) if case.user_id else None
+    user = records.user_by_id(case.user_id)
     assert user is not None
     try:
         voucher = normalize_email(str(data.get("voucher_email") or ""))
@@ -368,7 +344,7 @@ def deliver_verification_code(call_id: uuid.UUID) -> VerificationCall | None:
     if call.expires_at <= utcnow():
         call.status, call.code_encrypted = "expired", None
         return call
-    channel = db.session.get(Channel, call.channel_id)
+    channel = records.channel(call.channel_id)
     assert channel is not None
     code = decrypt(call.code_encrypted)
     spaced = " ".join(code) if call.method == "voice" else code

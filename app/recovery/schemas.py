@@ -78,6 +78,12 @@ class ActionIn(Schema):
     backup_codes_unusable = reason_field(required=False)
     delivery = fields.String(load_default="verified_phone",
                              validate=validate.OneOf(["verified_phone", "video_call"]))
+    channel_id = fields.UUID(metadata={
+        "description": "send_federated_signin_link: the user's channel on file (since before the case's day) that "
+                       "gets the single-use sign-in link"})
+    provider_id = fields.UUID(metadata={
+        "description": "send_federated_signin_link: which of the tenant's identity providers (default: the first "
+                       "at which the user has an identity linked before the case opened)"})
 
 
 class CaseSummary(Schema):

@@ -104,7 +104,9 @@ from sqlalchemy import event, func, select
 from sqlalchemy import inspect as sa_inspect
 
 from app.extensions import db
+from integrations.fakes.oidc import FakeOpenIDProvider
 from tests.factories import LONG_AGO, PASSWORD, PHONE, RecoveryFactory
+from tests.oidc_flow import at_provider, register_provider
 from tests.signing import body_of, standard_headers
 
 # --- the contract under test, written down from DESIGN.md ------------------------------------
@@ -137,6 +139,8 @@ DESTINATIONS: dict[str, set[str]] = {
     "close": {CLOSED},
     # Runbook step 4: the user's new enrolment closes the loop.
     "record_enrolment": {RECOVERED},
+    # Sending the link moves nothing; the sign-in it starts verifies like recorded evidence.
+    "send_federated_signin_link": set(),
 }
 
 EFFECTS = ("mfa.factor_admin_reset", "user.password_set_by_admin", "mfa.backup_codes_generated")
@@ -279,6 +283,7 @@ class RecoveryMachine(RuleBasedStateMachine):
     identity and a phone added today), two support agents, two senior admins."""
 
     app: Any = None
+    op: Any = None  # the local OpenID provider (integrations/fakes/oidc.py)
     clock: TotpClock
     log: TransitionLog
     coverage: Counter[str]
@@ -321,8 +326,10 @@ class RecoveryMachine(RuleBasedStateMachine):
         self.hr, self.hr_secret = f.integration(self.tenant, kind="hr")
         alice = f.settled_user(self.tenant)
         carol = f.settled_user(self.tenant)
+        # Bob's identity is at a real local OpenID provider, which the tenant has registered.
         bob = f.settled_user(self.tenant, privileged=True, phones=[(PHONE, LONG_AGO), (NEW_PHONE, None)],
-                             federated=[(ISSUER, SUBJECT, LONG_AGO)])
+                             federated=[(self.op.issuer, self.op.subject, LONG_AGO)])
+        register_provider(self.app, self.tenant, self.op)
         self.users = [UserModel("alice", alice.id, alice.email, home_ip="192.0.2.11"),
                       UserModel("carol", carol.id, carol.email, home_ip="192.0.2.12"),
                       UserModel("bob", bob.id, bob.email, privileged=True, home_ip="192.0.2.13"),
@@ -567,6 +574,50 @@ class RecoveryMachine(RuleBasedStateMachine):
                   json={"type": type_, "details": details, "reason": reason},
                   audit=Audit("recovery.evidence_recorded", optional=VERIFYING),
                   refusals=EVIDENCE_REFUSALS, refusal_needs={"unacceptable_evidence": "recovery.evidence_rejected"})
+
+    @precondition(lambda self: self.cases)
+    @rule(a=st.integers(0, 3), c=st.integers(0, 7))
+    def federated_signin(self, a: int, c: int) -> None:
+        """An agent sends a federated sign-in link to a phone on file; the user opens it and signs
+        in at the identity provider; Rekey records what it observed, as the system (issue 8,
+        item 5), or refuses it, audited."""
+        from integrations.channels.dev import read_messages
+        from tests.webpages import form_token
+
+        who, case = self.who(a), self.pick_case(c)
+        phones = case.user.phone_channels or self.users[0].phone_channels
+        reason = self.reason("federated sign-in link")
+        r = self.call("POST", f"/v1/admin/cases/{case.id}/actions/send_federated_signin_link", who=who, case=case,
+                      reason=reason, json={"reason": reason, "channel_id": phones["old"]},
+                      audit=Audit("recovery.federated_link_sent"),
+                      refusals=frozenset({"recovery.verification_call_limited"}))
+        if r.status_code >= 300:
+            return
+        self.run_tasks()
+        outbox = self.app.extensions["rekey.settings"].dev_outbox
+        [body] = [m["body"] for m in read_messages(outbox) if m["idempotency_key"].startswith("federated-link:")][-1:]
+        path = "/" + next(w for w in body.split() if "/links/federated/" in w).split("/", 3)[3]
+        browser = self.app.test_client()
+        before = self.head_seq()
+        page = browser.get(path)
+        started = browser.post(path, data={"csrf_token": form_token(page)}) if page.status_code == 200 else page
+        if started.status_code != 303:
+            assert started.status_code == 404 and self.events(before) == [], "(c) a dead link changed something"
+            return
+        answer = browser.get(at_provider(started.headers["Location"]))
+        new = self.events(before)
+        counts = Counter(e["action"] for e in new)
+        if answer.status_code == 200:
+            assert counts["recovery.evidence_recorded"] == 1 and set(counts) <= {"recovery.evidence_recorded",
+                                                                               *VERIFYING}, f"(c) {dict(counts)}"
+            [recorded] = [e for e in new if e["action"] == "recovery.evidence_recorded"]
+            assert (recorded["actor_type"], recorded["case_id"]) == ("system", case.id), recorded
+            assert recorded["details"]["type"] == "federated_signin"
+            self.coverage["federated evidence observed by the system"] += 1
+        else:
+            assert answer.status_code == 422 and set(counts) == {"auth.federated_signin_refused"}, (
+                f"(c) refused sign-in left {dict(counts)} ({answer.status_code})")
+            self.coverage["federated sign-in refused"] += 1
 
     @precondition(lambda self: self.cases)
     @rule(a=st.integers(0, 3), c=st.integers(0, 7), new_phone=st.booleans(), voice=st.booleans())
@@ -877,7 +928,7 @@ class RecoveryMachine(RuleBasedStateMachine):
             if case.user.privileged and self._round_types(case) == {"federated_signin"}:
                 self.verify_by_callback(a + 1, c)  # the second type, by a second person
             elif path == 0 and case.user.key == "bob":
-                self.record_evidence(a, c, "federated")
+                self.federated_signin(a, c)
             elif path == 1:
                 self.record_evidence(a, c, "video_match")
             else:
@@ -1149,8 +1200,9 @@ def machine(app: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[type[Recovery
     # Passwords hashed at the lowest argon2 cost: the invariants do not depend on it, and the
     # default cost would spend the whole budget on hashing.
     monkeypatch.setattr(crypto, "password_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
-    with transition_log() as log:
-        for name, value in (("app", app), ("clock", clock), ("log", log), ("coverage", Counter())):
+    monkeypatch.setenv("REKEY_OUTBOUND_ALLOWLIST", "127.0.0.1")  # where the OpenID provider listens
+    with transition_log() as log, FakeOpenIDProvider(subject="bob-subject-0001") as op:
+        for name, value in (("app", app), ("clock", clock), ("log", log), ("coverage", Counter()), ("op", op)):
             monkeypatch.setattr(RecoveryMachine, name, value, raising=False)
         yield RecoveryMachine
 
@@ -1253,7 +1305,7 @@ REPLAYS: dict[str, tuple[dict[str, Any], list[tuple[str, dict[str, Any]]], list[
     "issue 8 item 6: two people for a privileged user's evidence and admin codes": (
         DEFAULTS, [("open_request", {"u": BOB, "urgent": False}), ("run_tasks", {}),
                    ("act", {"a": 2, "c": 0, "action": "resume", "variant": False}),
-                   ("record_evidence", {"a": 2, "c": 0, "kind": "federated"}),
+                   ("record_evidence", {"a": 2, "c": 0, "kind": "video_match"}),
                    ("verify_by_callback", {"a": 2, "c": 0}),
                    ("act", {"a": 2, "c": 0, "action": "generate_backup_codes", "variant": False}),
                    ("verify_by_callback", {"a": 0, "c": 0}),
@@ -1264,6 +1316,16 @@ REPLAYS: dict[str, tuple[dict[str, Any], list[tuple[str, dict[str, Any]]], list[
         ["409 invalid_state /v1/admin/cases/<id>/actions/generate_backup_codes",
          "422 delivery_not_offered /v1/admin/cases/<id>/actions/generate_backup_codes",
          "two people mfa.backup_codes_generated", "secret delivered"], []),
+    "issue 8 item 5: an agent cannot type federated evidence; the system records an observed sign-in": (
+        DEFAULTS, [("open_request", {"u": BOB, "urgent": False}), ("run_tasks", {}),
+                   ("act", {"a": 2, "c": 0, "action": "resume", "variant": False}),
+                   ("record_evidence", {"a": 2, "c": 0, "kind": "federated"}),
+                   ("federated_signin", {"a": 2, "c": 0}),
+                   # The system and one senior admin are the two people for a privileged user.
+                   ("verify_by_callback", {"a": 2, "c": 0})],
+        ["422 unacceptable_evidence /v1/admin/cases/<id>/evidence",
+         "2xx POST /v1/admin/cases/<id>/actions/send_federated_signin_link",
+         "federated evidence observed by the system", "edge awaiting_verification -> verified"], []),
 }
 
 

@@ -111,21 +111,24 @@ def test_force_reset_removes_security_keys_and_a_new_key_recovers_the_case(world
 
 
 def test_federated_identity_is_recommended_and_verifies_without_reset(world):
-    from datetime import UTC, datetime
-
+    # Issue 8, item 5: the evidence is a sign-in Rekey observed at the user's own identity
+    # provider (a real local OpenID provider), started from a link sent to a phone on file.
+    from integrations.fakes.oidc import FakeOpenIDProvider
     from tests.factories import LONG_AGO
+    from tests.oidc_flow import channel_of, link_path, register_provider, send_link, sign_in_via_link
 
-    c = cast(world, federated=[("https://accounts.google.com", "1122334455", LONG_AGO)])
-    case_id = open_case(world, c)
-    assert case(world, case_id, c.agent)["recommended_path"] == {
-        "path": "federated_signin",
-        "reason": "A federated identity is linked (https://accounts.google.com): the user signs in with it "
-                  "and re-enrols; no reset needed."}
-    r = world.client.post(f"/v1/admin/cases/{case_id}/evidence", headers=c.agent.headers, json={
-        "type": "federated_signin", "reason": "Signed in with Google during the call",
-        "details": {"issuer": "https://accounts.google.com", "subject": "1122334455",
-                    "signed_in_at": datetime.now(UTC).isoformat()}})
-    assert r.status_code == 201, r.json
+    with FakeOpenIDProvider(subject="1122334455") as google:
+        c = cast(world, federated=[(google.issuer, "1122334455", LONG_AGO)])
+        register_provider(world.app, c.tenant, google, name="Google")
+        case_id = open_case(world, c)
+        assert case(world, case_id, c.agent)["recommended_path"] == {
+            "path": "federated_signin",
+            "reason": f"A federated identity is linked ({google.issuer}): the user signs in with it "
+                      "and re-enrols; no reset needed."}
+        r = send_link(world.client, c.agent, case_id, channel_of(world.app, c.user))
+        assert r.status_code == 200, r.json
+        page = sign_in_via_link(world.client, link_path(world.factory, world.dev_outbox))
+        assert page.status_code == 200, page.get_data(as_text=True)[:300]
     assert state(world, case_id, c.agent) == "verified"
     world.quiesce()
     assert audit(world, c.tenant, "mfa.factor_admin_reset") == [] and active_factor_count(world, c.user) == 1
