@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import quote
 
 from integrations.base import PermanentDeliveryError, TransientDeliveryError
@@ -73,7 +73,7 @@ class KeycloakDirectory:
     client_id: str
     client_secret: str = field(repr=False)
     policy: OutboundPolicy = field(default_factory=OutboundPolicy.from_env)
-    kind: ClassVar[str] = "keycloak"
+    kind: str = field(default="keycloak", init=False)
     _access: tuple[str, float] | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 

@@ -21,7 +21,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import quote
 
 from integrations.base import PermanentDeliveryError, TransientDeliveryError
@@ -80,7 +80,7 @@ class PrivacyIDEADirectory:
     realm: str
     token: str = field(repr=False)
     policy: OutboundPolicy = field(default_factory=OutboundPolicy.from_env)
-    kind: ClassVar[str] = "privacyidea"
+    kind: str = field(default="privacyidea", init=False)
 
     # --- HTTP ---------------------------------------------------------------------------------------------------
 

@@ -16,5 +16,5 @@ def _keycloak(config: DirectoryConfig) -> keycloak.KeycloakDirectory:
     return keycloak.from_config(config)
 
 
-register(privacyidea.PrivacyIDEADirectory.kind, _privacyidea)
-register(keycloak.KeycloakDirectory.kind, _keycloak)
+register("privacyidea", _privacyidea)
+register("keycloak", _keycloak)

@@ -198,3 +198,19 @@ def test_a_stopped_keycloak_is_transient(fake_keycloak: FakeKeycloak, directory:
     fake_keycloak.stop()
     with pytest.raises(TransientDirectoryError):
         directory.reset_factors(user.id)
+
+
+def test_the_registry_builds_it_from_a_tenant_configuration(
+        fake_keycloak: FakeKeycloak, monkeypatch: pytest.MonkeyPatch) -> None:
+    from integrations.directory import vendors  # noqa: F401  (registers the kinds, as the app does)
+    from integrations.directory.registry import DirectoryConfig, build
+
+    monkeypatch.setenv("REKEY_OUTBOUND_ALLOWLIST", "127.0.0.1")
+    user = fake_keycloak.add_user("na", "na@example.com")
+    config = DirectoryConfig(tenant_id="t1", kind="keycloak", url=fake_keycloak.url, realm=fake_keycloak.realm,
+                             token=fake_keycloak.client_secret, options={"client_id": fake_keycloak.client_id})
+    directory = build(config)
+    assert isinstance(directory, KeycloakDirectory)
+    assert directory.find_user(email="na@example.com").external_id == user.id  # type: ignore[union-attr]
+    with pytest.raises(PermanentDirectoryError, match="client_id"):
+        build(DirectoryConfig(tenant_id="t1", kind="keycloak", url=fake_keycloak.url, realm="acme", token="s"))

@@ -100,6 +100,7 @@ def test_backup_codes_are_a_tan_token_whose_codes_validate_once_each(
     assert token["tokentype"] == "tan" and token["username"] == user
     assert directory.describe(user).backup_codes_remaining == 3
     first, second, _third = issued.secrets
+    assert not any(code in repr(issued) for code in issued.secrets)  # a logged or traced result shows no code
     assert pi.validate(user, first)
     assert not pi.validate(user, first)  # once
     assert pi.validate(user, second)
@@ -293,3 +294,19 @@ def test_backend_failures_map_to_transient_or_permanent(
             directory.find_user(email="a@example.com")
         assert "jwt-secret" not in str(caught.value)
         assert fake.requests[0].headers["authorization"] == "jwt-secret"  # no "Bearer"
+
+
+def test_the_registry_builds_it_from_a_tenant_configuration(
+        privacyidea_server: PrivacyIDEAServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from integrations.directory import vendors  # noqa: F401  (registers the kinds, as the app does)
+    from integrations.directory.registry import DirectoryConfig, build
+
+    monkeypatch.setenv("REKEY_OUTBOUND_ALLOWLIST", "127.0.0.1")
+    pi = privacyidea_server
+    user = pi.create_user()
+    directory = build(DirectoryConfig(tenant_id="t1", kind="privacyidea", url=pi.url, realm=pi.realm,
+                                      token=pi.token))
+    assert isinstance(directory, PrivacyIDEADirectory)
+    assert directory.find_user(external_id=user).email == f"{user}@example.com"  # type: ignore[union-attr]
+    with pytest.raises(PermanentDirectoryError, match="token"):
+        build(DirectoryConfig(tenant_id="t1", kind="privacyidea", url=pi.url, realm=pi.realm))
