@@ -2,8 +2,8 @@
 
 Use from a conftest: `from tests.directory_servers import *  # noqa: F403` (tests/conftest.py does).
 The first run creates privacyIDEA's own virtualenv (cached in ~/.cache/rekey, or $REKEY_PI_VENV; a few minutes);
-each session then sets up a fresh server on SQLite in a temp dir (about a minute: every `pi-manage` step loads the
-app). Set REKEY_PI_DIR to a directory to reuse one set-up server across sessions while iterating.
+each session then sets up a fresh server on SQLite in a temp dir (~45 s here), which starts in ~10 s.
+Set REKEY_PI_DIR to a directory to reuse one set-up server across sessions while iterating.
 Without the server the tests skip with the reason; under REKEY_REQUIRE_SERVICES=1 they fail.
 """
 from __future__ import annotations
