@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     hooks.register(app, EnrolmentPort())
     from app.accounts import directory as _builtin  # noqa: F401  (registers the built-in directory kind)
+    from integrations.directory import vendors as _vendors  # noqa: F401  (registers privacyidea, keycloak)
 
     _import_directory_modules(settings)
 

@@ -285,3 +285,63 @@ def _read_capped(response: requests.Response) -> bytes:
             break  # an answer this large is not one of ours; keep what fits
     response.close()
     return b"".join(chunks)[:MAX_RESPONSE_BYTES]
+
+
+@dataclass(frozen=True)
+class OutboundExchange:
+    """Any answer (2xx or not), body capped: for adapters whose vendor gives a non-2xx a meaning
+    (privacyIDEA's 404 for a token already gone is success to an idempotent delete)."""
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+
+    def json(self) -> Any:
+        """The decoded JSON body, or None when there is none or it is not JSON."""
+        try:
+            return json.loads(self.content)
+        except ValueError:
+            return None
+
+    @property
+    def retry_after(self) -> float | None:
+        return parse_retry_after(self.headers.get("Retry-After"))
+
+
+def exchange(
+    method: str,
+    url: str,
+    *,
+    policy: OutboundPolicy,
+    headers: Mapping[str, str] | None = None,
+    data: bytes | Mapping[str, str] | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> OutboundExchange:
+    """Like `send` (vetted, pinned, no redirects, capped), but returns every status to the caller;
+    only a network failure or timeout raises (TransientDeliveryError)."""
+    dest = check_destination(url, policy)
+    where = f"{method} {dest.host}{urlsplit(url).path}"
+    pinned_name = None if _is_literal(dest.host) else dest.host
+    with requests.Session() as session:
+        session.trust_env = False
+        session.mount("https://", _PinnedAdapter(pinned_name))
+        session.mount("http://", _PinnedAdapter(None))
+        try:
+            response = session.request(
+                method,
+                dest.pinned_url,
+                headers={"User-Agent": USER_AGENT, **(headers or {}), "Host": dest.host_header},
+                data=data,
+                params=params,
+                allow_redirects=False,
+                timeout=(policy.connect_timeout, policy.read_timeout),
+                verify=policy.verify,
+                stream=True,
+            )
+            content = _read_capped(response)
+        except requests.Timeout as exc:
+            raise TransientDeliveryError(f"{where}: timed out") from exc
+        except requests.RequestException as exc:
+            raise TransientDeliveryError(f"{where}: {type(exc).__name__}") from exc
+    log.debug("outbound %s -> %s", where, response.status_code)
+    return OutboundExchange(response.status_code, response.headers, content)

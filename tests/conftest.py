@@ -207,3 +207,6 @@ def tune(app: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 os.environ.setdefault("REKEY_ENV", "test")
+
+# The real privacyIDEA server for the directory adapter tests (session scope, started on first use).
+from tests.directory_servers import *  # noqa: E402, F403

@@ -81,7 +81,7 @@ class ResetResult:
 @dataclass(frozen=True)
 class IssuedSecret:
     reference: str  # the backend's id for it (a tan token serial, a registration token serial)
-    secrets: tuple[str, ...]  # the codes, or the one temporary password: sealed at once, never logged
+    secrets: tuple[str, ...] = field(repr=False)  # the codes, or the one password: sealed at once, never logged
     expires_at: datetime | None = None
     details: dict[str, Any] = field(default_factory=dict)  # optional, non-secret facts for the audit event
 
