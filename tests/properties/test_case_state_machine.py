@@ -137,6 +137,9 @@ DESTINATIONS: dict[str, set[str]] = {
     "close": {CLOSED},
     # Runbook step 4: the user's new enrolment closes the loop.
     "record_enrolment": {RECOVERED},
+    # Queues again an action an external directory refused (issue 11); its task moves the case
+    # like the action itself.
+    "retry_action": set(),
 }
 
 EFFECTS = ("mfa.factor_admin_reset", "user.password_set_by_admin", "mfa.backup_codes_generated")
