@@ -134,9 +134,21 @@ def _register_health(app: Flask) -> None:
         return error_response(503, "not_ready", "A dependency is unreachable.", {"checks": checks})
 
 
+# The external directory adapters shipped with Rekey register their kinds when imported; one not
+# present in this checkout is skipped.
+BUNDLED_DIRECTORY_MODULES = ("integrations.directory.privacyidea", "integrations.directory.keycloak")
+
+
 def _import_directory_modules(settings: Settings) -> None:
-    """Import the modules that register more directory kinds (REKEY_DIRECTORY_MODULES)."""
+    """Import the bundled adapters and the modules that register more directory kinds
+    (REKEY_DIRECTORY_MODULES)."""
     import importlib
 
+    for name in BUNDLED_DIRECTORY_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
     for name in filter(None, (part.strip() for part in settings.directory_modules.split(","))):
         importlib.import_module(name)

@@ -601,6 +601,119 @@ def demo(url: str | None, timeout: float, as_json: bool) -> None:
     sys.exit(run_demo(Settings(), url=url, timeout=timeout, as_json=as_json))
 
 
+
+@main.group()
+def directory() -> None:
+    """The tenant's directory: where its users' factors live (built-in, or an external MFA server)."""
+
+
+def _directory_tenant(tenant_slug: str) -> Any:
+    from app.tenants.services import get_tenant_by_slug
+
+    return get_tenant_by_slug(tenant_slug)
+
+
+@directory.command("configure")
+@click.option("--tenant", "tenant_slug", required=True)
+@click.option("--kind", required=True, help="builtin, or a registered external kind (e.g. privacyidea).")
+@click.option("--url", default="", help="The directory's base URL (external kinds).")
+@click.option("--realm", default="", help="The realm (or namespace) of the tenant's users.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="An adapter option (repeatable).")
+@click.option("--token-expires-at", default=None, help="When the service token expires (ISO 8601, with zone).")
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def directory_configure(tenant_slug: str, kind: str, url: str, realm: str, options: tuple[str, ...],
+                        token_expires_at: str | None, as_json: bool) -> None:
+    """Choose the tenant's directory. An external kind's service token is read from stdin (never an
+    argument); running it again with a token rotates it, without one keeps the stored token."""
+    from app.actor import Actor
+    from app.tenants.directory import configure_directory
+
+    found = _directory_tenant(tenant_slug)
+    token = None
+    if kind != "builtin":
+        token = (click.prompt("service token", hide_input=True, default="", show_default=False)
+                 if sys.stdin.isatty() else sys.stdin.readline()).strip() or None
+    parsed = dict(item.split("=", 1) for item in options if "=" in item)
+    row = configure_directory(Actor(type="operator", id="cli", tenant_id=found.id), found, kind=kind, url=url,
+                              realm=realm, token=token, token_expires_at=_parse_time(token_expires_at),
+                              options=parsed or None)
+    payload = {"tenant": tenant_slug, "kind": kind, "url": row.url if row else None,
+               "realm": row.realm if row else None, "token_rotated": bool(token)}
+    _emit(payload, as_json, f"tenant {tenant_slug}: directory {kind}" + (f" at {row.url}" if row else "")
+          + (" (token stored encrypted)" if token else ""))
+
+
+@directory.command("check")
+@click.option("--tenant", "tenant_slug", required=True)
+@click.option("--email", default=None, help="A user to look up (default: one already mirrored).")
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def directory_check(tenant_slug: str, email: str | None, as_json: bool) -> None:
+    """Connect to the tenant's directory, look at one user, and say what works (reads only)."""
+    from app.accounts.sync import check_directory
+    from integrations.directory import DirectoryError
+
+    try:
+        report = check_directory(_directory_tenant(tenant_slug), email=email)
+    except DirectoryError as exc:
+        report = {"ok": False, "error": str(exc)[:300], "transient": exc.transient}
+        _emit(report, as_json, f"directory check FAILED: {report['error']}")
+        sys.exit(1)
+    lines = [f"directory {report['kind']}: connected" if report["kind"] != "builtin"
+             else f"built-in directory: {report['users']} users in Rekey's own tables, nothing to connect"]
+    lines += [f"  {name}: {value}" for name, value in report["works"].items()]
+    lines += [f"  warning: {w}" for w in report["warnings"]]
+    _emit(report, as_json, "\n".join(lines))
+
+
+@directory.command("sync")
+@click.option("--tenant", "tenant_slug", default=None, help="One tenant (default: every external directory).")
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def directory_sync(tenant_slug: str | None, as_json: bool) -> None:
+    """Mirror the channels of external directories' users (first sightings recorded)."""
+    from app.accounts.sync import sync_all, sync_tenant
+
+    if tenant_slug:
+        counts = sync_tenant(_directory_tenant(tenant_slug))
+        _emit(counts, as_json, f"synced {counts['users']} users: {counts['added']} channels new, "
+              f"{counts['removed']} removed, {counts['failed']} failed")
+        return
+    synced = sync_all()
+    _emit({"tenants": synced}, as_json, f"synced {synced} tenants")
+
+
+@directory.command("import-channel-dates")
+@click.option("--tenant", "tenant_slug", required=True)
+@click.argument("csv_file", type=click.File("r"))
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def directory_import_channel_dates(tenant_slug: str, csv_file: Any, as_json: bool) -> None:
+    """Backfill when each channel was added, from the backend's own records: a CSV with columns
+    user (email or external id), channel (phone or email), added_at (ISO 8601 with zone)."""
+    import csv
+
+    from app.accounts.mirror import import_channel_dates
+    from app.actor import Actor
+    from app.audit.models import AuditAction
+    from app.audit.services import record_event
+
+    found = _directory_tenant(tenant_slug)
+    rows: list[dict[str, Any]] = []
+    for row in csv.DictReader(csv_file):
+        try:
+            when = _parse_time((row.get("added_at") or "").strip() or None)
+        except (ValueError, click.BadParameter):
+            when = None
+        rows.append({"user": row.get("user"), "channel": row.get("channel"), "added_at": when})
+    result = import_channel_dates(found.id, rows)
+    record_event(Actor(type="operator", id="cli", tenant_id=found.id), AuditAction.USER_CHANNEL_DATES_IMPORTED,
+                 tenant_id=found.id, details={"rows": len(rows), "updated": result["updated"],
+                                              "skipped": len(result["skipped"])})
+    _emit(result, as_json, f"{result['updated']} channel dates imported, {len(result['skipped'])} rows skipped")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
 

@@ -63,3 +63,59 @@ def sync_all() -> int:
         except DirectoryError as exc:
             log.warning("directory_sync_failed", tenant=tenant.slug, error=type(exc).__name__)
     return synced
+
+
+TOKEN_WARN_DAYS = 14
+
+
+def check_directory(tenant: Tenant, *, email: str | None = None) -> dict[str, Any]:
+    """Connect to the tenant's directory, look at one user, and say what works (nothing changes:
+    only reads). For the built-in directory there is nothing to connect."""
+    from datetime import timedelta
+
+    from app.accounts.models import User
+
+    directory = directory_for(tenant)
+    report: dict[str, Any] = {"kind": directory.kind, "ok": True, "warnings": [], "works": {}}
+    if directory.kind == BUILTIN:
+        report["users"] = len(db.session.scalars(select(User.id).where(User.tenant_id == tenant.id)).all())
+        report["works"] = {"factors": True, "backup_codes": True, "temporary_password": True, "suspend": True,
+                           "sessions": True, "signin_history": True, "channel_dates": True,
+                           "enrolment_signal": "hook"}
+        return report
+    row = db.session.get(TenantDirectory, tenant.id)
+    if row is not None and row.token_expires_at is not None:
+        left = row.token_expires_at - utcnow()
+        if left <= timedelta(days=TOKEN_WARN_DAYS):
+            report["warnings"].append(f"the service token expires at {row.token_expires_at.isoformat()}: "
+                                      "rotate it with `rekey directory configure` (token on stdin)")
+    ref = None
+    if email:
+        found = directory.find_user(email=email)
+        ref = found.external_id if found else None
+        if found is None:
+            report["warnings"].append(f"no user {email!r} in the directory")
+    else:
+        mirrored = mirrored_users(tenant.id, directory.kind)
+        ref = mirrored[0].directory_ref if mirrored else None
+        if ref is None:
+            report["warnings"].append("no user to look at: pass --email of a user in the directory")
+    if ref is not None:
+        described = directory.describe(ref)
+        report["user"] = {"external_id": ref, "factors": len(described.factors),
+                          "channels": len(described.channels), "suspended": described.user.suspended}
+        report["works"] = {
+            "factors": True,
+            "backup_codes_remaining": described.backup_codes_remaining is not None,
+            "channel_dates": all(c.added_at is not None for c in described.channels),
+            "signin_history": described.signins is not None,
+            "enrolment_signal": "poll",
+        }
+        if not report["works"]["channel_dates"]:
+            report["warnings"].append("the directory keeps no channel dates: channels count as new from the day "
+                                      "Rekey first saw them (import dates with `rekey directory "
+                                      "import-channel-dates`)")
+        if not report["works"]["signin_history"]:
+            report["warnings"].append("no sign-in history from the directory: the unusual-activity screen has no data")
+    report["synced_at"] = row.synced_at.isoformat() if row is not None and row.synced_at else None
+    return report

@@ -148,6 +148,15 @@ def _decide(actor: Actor, case: RecoveryCase, user: User, action: str, reason: s
     return row
 
 
+def _codes_remaining(user: User) -> int:
+    """Backup codes the user still holds (runbook step 2); an external directory is asked, and
+    one that does not know says 0 (the reset then needs no reason for them)."""
+    if not records.is_external(user):
+        return backup_codes_remaining(user.id)
+    directory = directory_of_user(user)
+    return in_request(lambda: directory.describe(ref(user)).backup_codes_remaining) or 0
+
+
 # --- requests ---------------------------------------------------------------------------------
 
 
@@ -159,7 +168,7 @@ def request_force_mfa_reset(actor: Actor, case_id: uuid.UUID | str, *, reason: s
     require(case, "force_mfa_reset", actor)
     user = case_user(case)
     _gate(actor, case, user)
-    remaining = backup_codes_remaining(user.id)
+    remaining = _codes_remaining(user)
     if remaining and not (backup_codes_unusable and backup_codes_unusable.strip()):
         # Runbook step 2: with codes left, the user owns the recovery; a reset needs a reason.
         raise BackupCodesRemain(f"{remaining} backup codes remain: the user can sign in with one. To reset "

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from app.accounts import records
 from app.accounts.records import UserRecord as User
-from app.extensions import db
+from app.extensions import db, utcnow
 from app.recovery.models import CaseRequest, RecoveryCase
 from app.tenants.models import Tenant
 
@@ -39,8 +39,28 @@ def unusual_activity(tenant: Tenant, user: User) -> tuple[bool, int]:
     """Several failed sign-ins in the window from IPs never seen in a successful sign-in."""
     hours = int(tenant.setting("unusual_activity_window_hours"))
     threshold = int(tenant.setting("unusual_activity_failed_signins"))
+    if records.is_external(user):
+        failures = _directory_failures(user, hours)
+        return failures is not None and failures >= threshold, failures or 0
     failures = records.failed_signins_from_unknown_ips(user.id, hours)
     return failures >= threshold, failures
+
+
+def _directory_failures(user: User, hours: int) -> int | None:
+    """The same count from an external directory's sign-in log: None when it gives no history
+    with client addresses (or does not answer), which the screen then records as "no data"."""
+    from app.recovery.effects import directory_of_user, ref
+    from integrations.directory import DirectoryError
+
+    try:
+        signins = directory_of_user(user).describe(ref(user)).signins
+    except DirectoryError:
+        return None
+    if signins is None or not any(s.ip for s in signins):
+        return None
+    known = {s.ip for s in signins if s.outcome == "success" and s.ip}
+    since = utcnow() - timedelta(hours=hours)
+    return sum(1 for s in signins if s.outcome == "failure" and s.at >= since and s.ip and s.ip not in known)
 
 
 def is_urgent(*texts: str | None) -> bool:
@@ -51,6 +71,10 @@ def screen(tenant: Tenant, case: RecoveryCase, user: User) -> RiskResult:
     """Evaluate every signal for this case; the caller applies the outcome."""
     unusual, failures = unusual_activity(tenant, user)
     facts: dict[str, object] = {"failed_signins_from_unknown_ips": failures}
+    if records.is_external(user) and _directory_failures(user, int(tenant.setting("unusual_activity_window_hours"))) \
+            is None:
+        # Not a pass: the directory gave no sign-in history with addresses to screen.
+        facts["signin_history"] = "no data from the directory"
     if unusual:
         return RiskResult(refuse="unusual_activity", facts=facts)
     flags: list[str] = []

@@ -81,6 +81,9 @@ def test_reset_goes_to_the_directory_and_the_poll_closes_the_loop(world):
     store.add_factor(ext, "totp")
     world.run_task("rekey.recovery.poll_enrolments", {})
     assert state(world, case_id, c.agent) in ("recovered", "closed")
+    # The memory directory keeps no sign-in log: the screen says it had no data, not a pass.
+    [screened] = audit(world, c.tenant, "recovery.screened", case_id)
+    assert screened.details["signin_history"] == "no data from the directory"
     assert len(audit(world, c.tenant, "recovery.recovered", case_id)) == 1
 
 
