@@ -33,6 +33,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -58,7 +59,6 @@ def setup(users: int) -> dict[str, Any]:
     from sqlalchemy import text
 
     from app import create_app
-    from app.actor import Actor
     from app.config import Settings
     from app.extensions import db
     from app.intake.services import create_integration
@@ -120,9 +120,9 @@ def gunicorn(target: str, env: dict[str, str], log: Path) -> Iterator[int]:
     """gunicorn as the Procfile's `web` line starts it, with 2 workers, on a free loopback port."""
     port = _free_port()
     with open(log, "ab") as out:
-        proc = subprocess.Popen([str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                                 "--access-logfile", "-", target], cwd=ROOT, env={**os.environ, **env},
-                                stdout=out, stderr=out)
+        command = [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2",
+                   "--access-logfile", "-", target]
+        proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=out)  # noqa: S603
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -227,7 +227,7 @@ def measure(name: str, port: int, path: str, make_work: Any, seconds: float) -> 
 def _progress_run(cmd: list[str], env: dict[str, str], log: Path, done: Any, total: int) -> float:
     """Start a worker on a filled queue; the rate between 5 % and 95 % done (tasks per second)."""
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=out)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=out)  # noqa: S603
     try:
         t5 = t95 = None
         deadline = time.monotonic() + 600
@@ -320,7 +320,7 @@ def main() -> int:
         if args.profile:
             profile(world)
             return 0
-        log = Path(os.environ.get("TMPDIR", "/tmp")) / f"rekey-bench-{uuid.uuid4().hex[:6]}.log"
+        log = Path(tempfile.gettempdir()) / f"rekey-bench-{uuid.uuid4().hex[:6]}.log"
         env = {"DATABASE_URL": world["url"], "REKEY_BROKER_URL": BROKER, "REDIS_URL": BROKER, "REKEY_ENV": "test",
                "REKEY_LOG_LEVEL": "WARNING", "REKEY_WEBHOOK_RATE_PER_MINUTE": "100000000",
                "BENCH_DATABASE_URL": world["url"]}

@@ -63,10 +63,12 @@ def publish_committed(ids: list[uuid.UUID]) -> int:
     """Publish these committed rows now (called right after commit); returns how many went."""
     if not ids:
         return 0
-    with db.engine.connect() as conn:
+    # One connection and one short transaction for the read and the marks (each pool checkout
+    # is a pre-ping round trip, each transaction a BEGIN and a COMMIT: on the intake's path).
+    with db.engine.begin() as conn:
         rows = conn.execute(select(OutboxMessage.id, OutboxMessage.task, OutboxMessage.kwargs)
                             .where(OutboxMessage.id.in_(ids), OutboxMessage.published_at.is_(None))).all()
-    return sum(_publish(row.id, row.task, row.kwargs) for row in rows)
+        return sum(_publish(row.id, row.task, row.kwargs, execute=conn.execute) for row in rows)
 
 
 def relay_pending(limit: int = 500) -> int:

@@ -7,9 +7,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import make_transient_to_detached
 
 from app.accounts import records
 from app.accounts.records import UserRecord as User
@@ -92,46 +95,37 @@ def take_request(tenant: Tenant, actor: Actor, request: RecoveryRequest, *,
     so its signed body replayed under a new delivery id must not open a case once the first was
     refused. A joining request is screened like a new one.
     """
-    ticket = _claim_ticket(request, integration_id)
-    if isinstance(ticket, RecoveryCase):
-        return Opening(ticket, joined=True, repeat=True)
     user, email = _find_user(tenant, request)
     existing = _open_case_for(tenant, user, email)
+    case_id = existing.id if existing is not None else uuid.uuid4()
+    ticket = _claim_ticket(request, integration_id, case_id=case_id, joined=existing is not None)
+    if isinstance(ticket, RecoveryCase):
+        return Opening(ticket, joined=True, repeat=True)
     if existing is None:
-        case = RecoveryCase(
-            id=uuid.uuid4(), tenant_id=tenant.id, user_id=user.id if user else None, requested_email=email,
-            state=m.RECEIVED, integration_id=integration_id, ticket_id=request.ticket_id,
-            requester_email=(request.requester_email or "")[:320].lower() or None,
-            subject=(request.subject or "")[:500] or None, text=(request.text or "")[:10_000] or None,
-            opened_at=utcnow(), flags=[],
-        )
-        try:
-            # A concurrent request for the same user may insert its case first: the unique
-            # open-case index holds this insert until that one commits, then refuses it. Undo
-            # only this insert (the savepoint) and join the case that won.
-            with db.session.begin_nested():
-                db.session.add(case)
-        except IntegrityError:
-            existing = _open_case_for(tenant, user, email)
-            if existing is None:
-                raise
-        else:
-            if ticket is not None:
-                ticket.case_id = case.id
+        case = _insert_case(tenant, request, case_id, user, email, integration_id)
+        if case is not None:
+            # The screen runs in a task, so a broker outage delays it and loses nothing.
+            enqueue("rekey.recovery.screen_case", case_id=str(case.id))
+            # The audit event last: its chain-head lock serialises the tenant's deliveries until
+            # commit, so everything else is written before it is taken.
             record_event(actor, AuditAction.RECOVERY_REQUESTED, tenant_id=tenant.id,
                          target_user_id=case.user_id, case_id=case.id,
                          details={"joined": False, "ticket_id": request.ticket_id,
                                   "integration_id": str(integration_id) if integration_id else None})
-            # The screen runs in a task, so a broker outage delays it and loses nothing.
-            enqueue("rekey.recovery.screen_case", case_id=str(case.id))
             return Opening(case, joined=False)
+        # A concurrent request for the same user inserted its case first: the unique open-case
+        # index held this insert until that one committed. Join the case that won.
+        existing = _open_case_for(tenant, user, email)
+        if existing is None:
+            raise Conflict("This request is being processed; retry later.")
+        if ticket is not None:
+            ticket.case_id, ticket.joined = existing.id, True
     existing.requests += 1
     existing.updated_at = utcnow()
     if ticket is None:
         ticket = _request_row(request, integration_id, ticket_id=None)
+        ticket.case_id, ticket.joined = existing.id, True
         db.session.add(ticket)
-    ticket.case_id, ticket.joined = existing.id, True
-    db.session.flush()
     record_event(actor, AuditAction.RECOVERY_REQUESTED, tenant_id=tenant.id,
                  target_user_id=existing.user_id, case_id=existing.id,
                  details={"joined": True, "ticket_id": request.ticket_id,
@@ -142,32 +136,72 @@ def take_request(tenant: Tenant, actor: Actor, request: RecoveryRequest, *,
 
 def _request_row(request: RecoveryRequest, integration_id: uuid.UUID | None, *,
                  ticket_id: str | None) -> m.CaseRequest:
-    return m.CaseRequest(
-        id=uuid.uuid4(), integration_id=integration_id, ticket_id=ticket_id,
-        requester_email=(request.requester_email or "")[:320].lower() or None,
-        subject=(request.subject or "")[:500] or None, text=(request.text or "")[:10_000] or None,
-        received_at=utcnow())
+    return m.CaseRequest(id=uuid.uuid4(), integration_id=integration_id, ticket_id=ticket_id,
+                         **_request_fields(request), received_at=utcnow())
 
 
-def _claim_ticket(request: RecoveryRequest,
-                  integration_id: uuid.UUID | None) -> m.CaseRequest | RecoveryCase | None:
-    """Claim the request's ticket (a new row), or find the case it already has. A concurrent
-    copy of the same ticket waits on the unique index until the first commits, then finds it."""
+def _request_fields(request: RecoveryRequest) -> dict[str, str | None]:
+    return {"requester_email": (request.requester_email or "")[:320].lower() or None,
+            "subject": (request.subject or "")[:500] or None, "text": (request.text or "")[:10_000] or None}
+
+
+def _insert(table: Any) -> Any:
+    """INSERT for this database's dialect, with ON CONFLICT DO NOTHING available."""
+    if db.engine.dialect.name == "postgresql":
+        return pg_insert(table)
+    return sqlite_insert(table)
+
+
+def _attach(obj: Any) -> Any:
+    """An object whose row was just written by a core INSERT, made part of the session as if
+    loaded (no SELECT)."""
+    make_transient_to_detached(obj)
+    db.session.add(obj)
+    return obj
+
+
+def _claim_ticket(request: RecoveryRequest, integration_id: uuid.UUID | None, *, case_id: uuid.UUID,
+                  joined: bool) -> m.CaseRequest | RecoveryCase | None:
+    """Claim the request's ticket for `case_id` (one statement), or find the case it already
+    has. A concurrent copy of the same ticket waits on the unique index until the first
+    commits, then finds its case."""
     if integration_id is None or not request.ticket_id:
         return None
     ticket_id = request.ticket_id[:200]
-    row = _request_row(request, integration_id, ticket_id=ticket_id)
-    try:
-        with db.session.begin_nested():
-            db.session.add(row)
-    except IntegrityError:
-        first = db.session.scalars(select(m.CaseRequest).where(
-            m.CaseRequest.integration_id == integration_id, m.CaseRequest.ticket_id == ticket_id)).first()
-        case = db.session.get(RecoveryCase, first.case_id) if first and first.case_id else None
-        if case is None:  # the first copy rolled back; the sender's retry will be processed
-            raise Conflict("This ticket is being processed; retry later.") from None
-        return case
-    return row
+    values: dict[str, Any] = {"id": uuid.uuid4(), "case_id": case_id, "integration_id": integration_id,
+                              "ticket_id": ticket_id, "joined": joined, **_request_fields(request),
+                              "received_at": utcnow()}
+    db.session.flush()  # the claim goes after what the session holds (the case it may join is locked)
+    claimed = db.session.execute(_insert(m.CaseRequest.__table__).values(**values).on_conflict_do_nothing(
+        index_elements=["integration_id", "ticket_id"]).returning(m.CaseRequest.__table__.c.id)).first()
+    if claimed is not None:
+        return _attach(m.CaseRequest(**values))
+    first = db.session.scalars(select(m.CaseRequest).where(
+        m.CaseRequest.integration_id == integration_id, m.CaseRequest.ticket_id == ticket_id)).first()
+    case = db.session.get(RecoveryCase, first.case_id) if first and first.case_id else None
+    if case is None:  # the first copy rolled back; the sender's retry will be processed
+        raise Conflict("This ticket is being processed; retry later.")
+    return case
+
+
+def _insert_case(tenant: Tenant, request: RecoveryRequest, case_id: uuid.UUID, user: User | None,
+                 email: str | None, integration_id: uuid.UUID | None) -> RecoveryCase | None:
+    """Insert the new case (one statement); None if the user's open case was inserted first by
+    a concurrent request (the partial unique index on open cases)."""
+    now = utcnow()
+    fields = _request_fields(request)
+    values: dict[str, Any] = {"id": case_id, "tenant_id": tenant.id, "user_id": user.id if user else None,
+              "requested_email": email, "state": m.RECEIVED, "state_before_escalation": None, "flags": [],
+              "refusal_trigger": None, "integration_id": integration_id, "ticket_id": request.ticket_id,
+              "requester_email": fields["requester_email"], "subject": fields["subject"], "text": fields["text"],
+              "opened_at": now, "updated_at": now, "verification_expires_at": None, "verified_at": None,
+              "closed_at": None, "requests": 1, "round": 1, "escalation_expires_at": None}
+    table = RecoveryCase.__table__
+    stmt = _insert(table).values(**values).on_conflict_do_nothing(
+        index_elements=["user_id"], index_where=text(m._OPEN_SQL)).returning(table.c.id)
+    if db.session.execute(stmt).first() is None:
+        return None
+    return _attach(RecoveryCase(**values))
 
 
 def _screen_joining_request(tenant: Tenant, case: RecoveryCase) -> None:

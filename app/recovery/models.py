@@ -193,7 +193,9 @@ class CaseRequest(db.Model):  # type: ignore[name-defined]
     __table_args__ = (UniqueConstraint("integration_id", "ticket_id", name="uq_case_requests_ticket"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
-    case_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("recovery_cases.id"), index=True)
+    # Checked at commit: the ticket is claimed (one statement) before its new case is inserted.
+    case_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("recovery_cases.id", deferrable=True, initially="DEFERRED"), index=True)
     integration_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("integrations.id"))
     ticket_id: Mapped[str | None] = mapped_column(String(200))
     joined: Mapped[bool] = mapped_column(default=False)

@@ -26,7 +26,7 @@ def upgrade() -> None:
         sa.Column('subject', sa.String(length=500), nullable=True),
         sa.Column('text', sa.Text(), nullable=True),
         sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(['case_id'], ['recovery_cases.id'], ),
+        sa.ForeignKeyConstraint(['case_id'], ['recovery_cases.id'], deferrable=True, initially='DEFERRED'),
         sa.ForeignKeyConstraint(['integration_id'], ['integrations.id'], ),
         sa.PrimaryKeyConstraint('id'),
         sa.UniqueConstraint('integration_id', 'ticket_id', name='uq_case_requests_ticket'),
