@@ -9,7 +9,7 @@ from marshmallow import RAISE
 
 from app.audit.models import AuditAction
 from app.audit.schemas import AuditQuery, ChainReportOut, CheckpointQuery, CheckpointsOut
-from app.audit.services import AuditFilter, export_lines, record_event, verify_chain
+from app.audit.services import AuditFilter, export_chunks, record_event, verify_chain
 from app.extensions import db
 from app.web import Blueprint, agent_required, current_actor, error_responses
 
@@ -36,7 +36,7 @@ def export(query: dict[str, Any]) -> Any:
                  details={"format": fmt, **{k: str(v) for k, v in query.items()}})
     db.session.commit()
     mimetype = "text/csv" if fmt == "csv" else "application/x-ndjson"
-    return Response(stream_with_context(export_lines(flt, fmt)), mimetype=mimetype)
+    return Response(stream_with_context(export_chunks(flt, fmt)), mimetype=mimetype)
 
 
 @blp.route("/verify", methods=["GET"])
