@@ -280,6 +280,20 @@ class TestCheckpointFile:
         assert rekey("audit", "public-key").output == shown.json["public_key"]
 
 
+    def test_another_tenants_senior_admin_sees_only_their_own_checkpoints(self, app, factory, client, rekey,
+                                                                          signing):
+        a, b = factory.tenant(), factory.tenant()
+        _notes(app, a, 3)
+        _checkpoint(rekey)
+        b_senior = factory.agent(b, role="senior_admin")
+
+        shown = client.get("/v1/admin/audit/checkpoints", headers={"Authorization": f"Bearer {b_senior.token}"})
+
+        assert shown.status_code == 200
+        assert {c["body"]["tenant_id"] for c in shown.json["checkpoints"]} <= {str(b.id)}
+        assert str(a.id) not in shown.get_data(as_text=True)
+
+
 class TestKeys:
     def test_production_refuses_to_write_checkpoints_without_a_key(self, app, rekey, tune):
         tune(env="production", audit_signing_key="")
