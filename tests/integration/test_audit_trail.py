@@ -143,6 +143,13 @@ class TestOwnerRewrite:
         code, report = _verify(rekey, tenant, "--checkpoints", str(signing.dir))
         assert (code, report["ok"], report["first_broken_seq"]) == (1, False, 5)
         assert "signed checkpoint #1" in report["problem"]
+        # Nor will the writer vouch for the rewritten chain by signing its new head.
+        _notes(app, tenant, 1)
+        refused = rekey("audit", "checkpoint", "--json")
+        assert refused.exit_code == 1
+        assert any(str(tenant.id) in problem and "refusing to sign a rewritten chain" in problem
+                   for problem in json.loads(refused.output)["refused"])
+        assert len(_log_lines(signing, tenant)) == 2
 
     def test_a_rewrite_between_checkpoints_is_named_by_the_checkpoint_that_sees_it(self, app, factory, rekey,
                                                                                    signing):
