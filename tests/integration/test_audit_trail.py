@@ -309,6 +309,18 @@ class TestKeys:
 
         assert out.exit_code == 2 and "REKEY_AUDIT_SIGNING_KEY" in out.output
 
+    def test_production_beat_refuses_to_start_without_a_key_and_names_it(self, settings, tmp_path):
+        from tests.integration.conftest import worker_env
+
+        env = {**worker_env(settings, instance_dir=tmp_path), "REKEY_ENV": "production",
+               "REKEY_PUBLIC_URL": "https://rekey.example.com", "REKEY_ALLOW_DEV_CHANNEL": "1"}
+        done = subprocess.run([str(Path(sys.executable).with_name("celery")), "-A", "tasks.worker", "beat",
+                               "--schedule", str(tmp_path / "beat-schedule")], capture_output=True, text=True,
+                              env=env, cwd=tmp_path, timeout=120, check=False)
+
+        assert done.returncode != 0
+        assert "beat refuses to start" in done.stderr and "REKEY_AUDIT_SIGNING_KEY" in done.stderr
+
     def test_development_generates_one_key_under_the_instance_folder(self, app, tmp_path):
         settings = app.extensions["rekey.settings"]
         from dataclasses import replace
