@@ -8,7 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 RUN groupadd --system rekey \
  && useradd --system --gid rekey --home-dir /var/lib/rekey --shell /usr/sbin/nologin rekey \
- && install -d -o rekey -g rekey /var/lib/rekey
+ && install -d -o rekey -g rekey /var/lib/rekey /var/lib/rekey/audit-checkpoints
 
 # Installed as a package (migrations included), so no source tree is left in the image.
 COPY . /tmp/src

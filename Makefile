@@ -37,6 +37,7 @@ screenshots: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/audit.py $(AUDIT_BENCH_ARGS)
 	$(BIN)/python bench/scale.py $(SCALE_ARGS)
 	$(BIN)/python bench/intake_http.py $(INTAKE_BENCH_ARGS)
 

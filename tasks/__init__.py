@@ -159,9 +159,14 @@ def _refuse_beat_without_signing_key(settings: Settings) -> None:
     from celery.signals import beat_init
 
     def check(**_: Any) -> None:
-        from app.audit.checkpoints import load_signing_key
+        from app.audit.checkpoints import SigningKeyError, load_signing_key
 
         if settings.is_production:
-            load_signing_key(settings)  # raises SigningKeyError, naming REKEY_AUDIT_SIGNING_KEY
+            try:
+                load_signing_key(settings)
+            except SigningKeyError as exc:
+                # Celery logs and swallows a handler's Exception; SystemExit ends beat before its
+                # first tick, with the reason (naming REKEY_AUDIT_SIGNING_KEY) on stderr.
+                raise SystemExit(f"beat refuses to start: {exc}") from exc
 
     beat_init.connect(check, weak=False)

@@ -61,12 +61,21 @@ CANONICAL_FIELDS = ("id", "tenant_id", "seq", "occurred_at", "actor_type", "acto
                     "target_user_id", "case_id", "reason", "details", "request_id", "source_ip")
 
 
+# What `json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)` builds on
+# every call, built once: the same bytes (`compute_hash` above), without an encoder per event.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+# The canonical JSON of a payload of exactly `CANONICAL_FIELDS` (hash its UTF-8 bytes).
+encode_canonical = _CANONICAL
+
+
 def canonical_body(values: dict[str, Any]) -> bytes:
     """The bytes the hash covers, from an export dict or a row already in canonical form."""
     payload = {name: values[name] for name in CANONICAL_FIELDS}
     if payload["details"] is None:
         payload["details"] = {}
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL(payload).encode()
 
 
 def hash_values(prev_hash: str, values: dict[str, Any]) -> str:

@@ -300,8 +300,10 @@ class Head:
     event_time: datetime
 
 
-def _append(path: Path, head: Head, key: Ed25519PrivateKey, now: datetime) -> Checkpoint | None:
-    """Under an exclusive lock: cut a torn tail, then append a checkpoint if the chain moved."""
+def _append(path: Path, head: Head, key: Ed25519PrivateKey, now: datetime,
+            row_hash: Any = None) -> Checkpoint | None:
+    """Under an exclusive lock: cut a torn tail, then append a checkpoint if the chain moved (and
+    still holds, at the newest checkpoint's seq, the hash that checkpoint signed)."""
     public = key.public_key()
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     try:
@@ -322,6 +324,12 @@ def _append(path: Path, head: Head, key: Ed25519PrivateKey, now: datetime) -> Ch
                                       f"checkpoint #{newest.number} vouches for seq {newest.seq}",
                                       number=newest.number)
             return None
+        if newest is not None and row_hash is not None and row_hash(head.tenant_id, newest.seq) != newest.hash:
+            # The rows were rewritten under the newest checkpoint: signing the new head would
+            # vouch for the rewrite. Refuse, loudly; `rekey audit verify --checkpoints` names it.
+            raise CheckpointError(f"tenant {head.tenant_id}: the row at seq {newest.seq} no longer has the hash "
+                                  f"checkpoint #{newest.number} signed; refusing to sign a rewritten chain",
+                                  number=newest.number)
         from app.audit.chain import iso_time
 
         point = sign({"tenant_id": str(head.tenant_id), "number": len(log.points) + 1, "seq": head.seq,
@@ -353,6 +361,16 @@ def current_heads() -> Iterator[Head]:
         yield Head(tenant_id, seq, digest, occurred_at)
 
 
+def _row_hash(tenant_id: uuid.UUID, seq: int) -> str | None:
+    from sqlalchemy import select
+
+    from app.audit.models import AuditEvent
+    from app.extensions import db
+
+    return db.session.scalar(select(AuditEvent.hash).where(AuditEvent.tenant_id == tenant_id,
+                                                           AuditEvent.seq == seq))
+
+
 @dataclass
 class WriteResult:
     written: list[Checkpoint] = field(default_factory=list)
@@ -373,7 +391,7 @@ def write_checkpoints(settings: Any, *, now: datetime | None = None) -> WriteRes
     result = WriteResult()
     for head in list(current_heads()):
         try:
-            point = _append(log_path(directory, head.tenant_id), head, key, moment)
+            point = _append(log_path(directory, head.tenant_id), head, key, moment, row_hash=_row_hash)
         except CheckpointError as exc:
             result.refused.append(f"tenant {head.tenant_id}: {exc}")
             continue

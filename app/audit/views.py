@@ -9,7 +9,7 @@ from marshmallow import RAISE
 
 from app.audit.models import AuditAction
 from app.audit.schemas import AuditQuery, ChainReportOut, CheckpointQuery, CheckpointsOut
-from app.audit.services import AuditFilter, export_lines, record_event, verify_chain
+from app.audit.services import AuditFilter, export_chunks, record_event, verify_chain
 from app.extensions import db
 from app.web import Blueprint, agent_required, current_actor, error_responses
 
@@ -36,7 +36,7 @@ def export(query: dict[str, Any]) -> Any:
                  details={"format": fmt, **{k: str(v) for k, v in query.items()}})
     db.session.commit()
     mimetype = "text/csv" if fmt == "csv" else "application/x-ndjson"
-    return Response(stream_with_context(export_lines(flt, fmt)), mimetype=mimetype)
+    return Response(stream_with_context(export_chunks(flt, fmt)), mimetype=mimetype)
 
 
 @blp.route("/verify", methods=["GET"])
@@ -49,13 +49,15 @@ def verify() -> Any:
     checkpoint (`checkpoints`: how many matched; null when none could be checked)."""
     from flask import current_app
 
-    from app.audit.checkpoints import CheckpointError, read_log, verifying_key
+    from app.audit.checkpoints import CheckpointError, read_log
     from app.audit.services import ChainReport
 
     tenant_id = current_actor().tenant_id
     assert tenant_id is not None
     settings = current_app.extensions["rekey.settings"]
-    key = verifying_key(settings)
+    key, problem = _verifying_key(settings)
+    if problem is not None:
+        return ChainReport(tenant_id, 0, False, None, problem, 0).as_dict()
     if key is None:
         return verify_chain(tenant_id).as_dict()
     try:
@@ -75,10 +77,20 @@ def checkpoints(query: dict[str, Any]) -> Any:
     (newest first, as stored), for an auditor to keep and check exports against."""
     from flask import current_app
 
-    from app.audit.checkpoints import key_id, latest, public_key_pem, verifying_key
+    from app.audit.checkpoints import key_id, latest, public_key_pem
 
     settings = current_app.extensions["rekey.settings"]
-    key = verifying_key(settings)
+    key, _ = _verifying_key(settings)
     found = latest(settings.audit_checkpoint_dir, current_actor().tenant_id, query["limit"])  # type: ignore[arg-type]
     return {"public_key": public_key_pem(key) if key else None, "key_id": key_id(key) if key else None,
             "checkpoints": found}
+
+
+def _verifying_key(settings: Any) -> tuple[Any, str | None]:
+    """The checkpoints' public key, or why the configured one is unusable (never a 500)."""
+    from app.audit.checkpoints import CheckpointError, SigningKeyError, verifying_key
+
+    try:
+        return verifying_key(settings), None
+    except (CheckpointError, SigningKeyError) as exc:
+        return None, f"the checkpoints' key is not usable: {exc}"

@@ -57,6 +57,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("/v1/admin/cases", "GET"): AGENT_LIST,
     ("/v1/admin/audit", "GET"): AGENT_LIST,
     ("/v1/admin/audit/verify", "GET"): AGENT_LIST,
+    ("/v1/admin/audit/checkpoints", "GET"): AGENT_LIST,
     ("/v1/auth/signin", "POST"): SIGNIN,
     ("/v1/auth/signin/password", "POST"): SIGNIN,
     ("/v1/auth/signin/second-factor", "POST"): PENDING,

@@ -143,6 +143,13 @@ class TestOwnerRewrite:
         code, report = _verify(rekey, tenant, "--checkpoints", str(signing.dir))
         assert (code, report["ok"], report["first_broken_seq"]) == (1, False, 5)
         assert "signed checkpoint #1" in report["problem"]
+        # Nor will the writer vouch for the rewritten chain by signing its new head.
+        _notes(app, tenant, 1)
+        refused = rekey("audit", "checkpoint", "--json")
+        assert refused.exit_code == 1
+        assert any(str(tenant.id) in problem and "refusing to sign a rewritten chain" in problem
+                   for problem in json.loads(refused.output)["refused"])
+        assert len(_log_lines(signing, tenant)) == 2
 
     def test_a_rewrite_between_checkpoints_is_named_by_the_checkpoint_that_sees_it(self, app, factory, rekey,
                                                                                    signing):
@@ -280,6 +287,20 @@ class TestCheckpointFile:
         assert rekey("audit", "public-key").output == shown.json["public_key"]
 
 
+    def test_another_tenants_senior_admin_sees_only_their_own_checkpoints(self, app, factory, client, rekey,
+                                                                          signing):
+        a, b = factory.tenant(), factory.tenant()
+        _notes(app, a, 3)
+        _checkpoint(rekey)
+        b_senior = factory.agent(b, role="senior_admin")
+
+        shown = client.get("/v1/admin/audit/checkpoints", headers={"Authorization": f"Bearer {b_senior.token}"})
+
+        assert shown.status_code == 200
+        assert {c["body"]["tenant_id"] for c in shown.json["checkpoints"]} <= {str(b.id)}
+        assert str(a.id) not in shown.get_data(as_text=True)
+
+
 class TestKeys:
     def test_production_refuses_to_write_checkpoints_without_a_key(self, app, rekey, tune):
         tune(env="production", audit_signing_key="")
@@ -287,6 +308,18 @@ class TestKeys:
         out = rekey("audit", "checkpoint")
 
         assert out.exit_code == 2 and "REKEY_AUDIT_SIGNING_KEY" in out.output
+
+    def test_production_beat_refuses_to_start_without_a_key_and_names_it(self, settings, tmp_path):
+        from tests.integration.conftest import worker_env
+
+        env = {**worker_env(settings, instance_dir=tmp_path), "REKEY_ENV": "production",
+               "REKEY_PUBLIC_URL": "https://rekey.example.com", "REKEY_ALLOW_DEV_CHANNEL": "1"}
+        done = subprocess.run([str(Path(sys.executable).with_name("celery")), "-A", "tasks.worker", "beat",
+                               "--schedule", str(tmp_path / "beat-schedule")], capture_output=True, text=True,
+                              env=env, cwd=tmp_path, timeout=120, check=False)
+
+        assert done.returncode != 0
+        assert "beat refuses to start" in done.stderr and "REKEY_AUDIT_SIGNING_KEY" in done.stderr
 
     def test_development_generates_one_key_under_the_instance_folder(self, app, tmp_path):
         settings = app.extensions["rekey.settings"]
