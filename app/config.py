@@ -145,6 +145,10 @@ class Settings:
     # Optional SIEM sink for audit events (Standard Webhooks-signed POSTs).
     siem_url: str = field(default_factory=lambda: _env("REKEY_SIEM_URL", ""))
     siem_secret: str = field(default_factory=lambda: _env("REKEY_SIEM_SECRET", ""), repr=False)
+    # /metrics on the public port answers only `Authorization: Bearer <this>`; unset, it is 404.
+    metrics_token: str = field(default_factory=lambda: _env("REKEY_METRICS_TOKEN", ""), repr=False)
+    # A separate address for /metrics with no token (`rekey metrics serve`; `rekey run` starts it).
+    metrics_bind: str = field(default_factory=lambda: _env("REKEY_METRICS_BIND", ""))
 
     def __post_init__(self) -> None:
         # Every way a Settings is built (the environment, `replace` in tests) gets a usable URL.

@@ -18,6 +18,7 @@ from app.accounts.models import (  # noqa: F401
 from app.audit.models import AuditEvent, AuditHead  # noqa: F401
 from app.intake.models import Integration, WebhookDelivery  # noqa: F401
 from app.jobs.models import DeadLetter, Effect, OutboxMessage  # noqa: F401
+from app.ops import OpsMark  # noqa: F401
 from app.recovery.models import (  # noqa: F401
     CaseAction,
     Evidence,

@@ -80,8 +80,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "expire-sealed-secrets": {"task": "rekey.recovery.expire_sealed_secrets", "schedule": 600.0},
             "purge-deliveries": {"task": "rekey.intake.purge_deliveries", "schedule": 3600.0},
             "purge-signins": {"task": "rekey.accounts.purge_signins", "schedule": 3600.0},
+            "beat-heartbeat": {"task": "rekey.ops.heartbeat", "schedule": 30.0},
         },
         "timezone": "UTC",
+        # Task events for Flower (`rekey run --flower`, docker-compose) and `celery events`.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
     }
 
 
@@ -142,6 +146,7 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     app.extensions["celery"] = celery
     import tasks.accounts  # noqa: F401  (registers the shared tasks)
     import tasks.audit  # noqa: F401
+    import tasks.ops  # noqa: F401
     import tasks.outbox  # noqa: F401
     import tasks.recovery  # noqa: F401
 
