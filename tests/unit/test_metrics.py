@@ -127,3 +127,23 @@ class TestCounts:
         import time
 
         assert time.time() - value_in(scrape(client), "rekey_beat_heartbeat_timestamp_seconds") < 60
+
+
+def test_the_example_alert_rules_name_only_metrics_rekey_exposes(client, tune):
+    """docs/prometheus-alerts.yml: every rekey_* series an alert reads is in the exposition."""
+    from pathlib import Path
+
+    import yaml
+
+    tune(metrics_token=TOKEN)
+    client.get("/healthz")
+    exposed = {line.split("{")[0].split(" ")[0] for line in scrape(client).splitlines()
+               if line and not line.startswith("#")}
+    rules = yaml.safe_load((Path(__file__).resolve().parents[2] / "docs" / "prometheus-alerts.yml").read_text())
+    alerts = {rule["alert"]: rule["expr"] for group in rules["groups"] for rule in group["rules"]}
+    assert {"RekeyDeadLetters", "RekeyOutboxLagging", "RekeyBeatHeartbeatMissing",
+            "RekeyAuditChainBroken"} <= set(alerts)
+    for alert, expr in alerts.items():
+        names = re.findall(r"rekey_\w+", expr)
+        assert names, alert
+        assert set(names) <= exposed, (alert, set(names) - exposed)
