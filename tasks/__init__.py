@@ -50,7 +50,28 @@ def transport_options(url: str) -> dict[str, Any]:
     hands its options to `create_engine`, so it gets only what an engine accepts."""
     if url.startswith("sqla+"):
         return {"connect_args": {"timeout": 30}}
+    if is_amqp(url):
+        return {"confirm_publish": True}  # a publish returns once RabbitMQ has the message
     return {"visibility_timeout": VISIBILITY_TIMEOUT}
+
+
+def is_amqp(url: str) -> bool:
+    return url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+
+
+def amqp_config(url: str) -> dict[str, Any]:
+    """RabbitMQ (REKEY_BROKER_URL=amqp://...): quorum queues (replicated, durable, with a
+    delivery limit instead of endless redelivery of a poison message). Retries with a countdown use
+    Celery's native delayed delivery (topic exchanges `celery_delayed_*`, set up by the worker),
+    which quorum queues need in place of a worker holding ETA messages unacknowledged."""
+    if not is_amqp(url):
+        return {}
+    return {
+        "task_default_queue_type": "quorum",
+        "task_default_exchange_type": "topic",
+        "worker_detect_quorum_queues": True,
+        "broker_native_delayed_delivery_queue_type": "quorum",
+    }
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -86,6 +107,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Task events for Flower (`rekey run --flower`, docker-compose) and `celery events`.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
+        **amqp_config(broker_url(settings)),
     }
 
 
