@@ -12,7 +12,7 @@ RUN groupadd --system rekey \
 
 # Installed as a package (migrations included), so no source tree is left in the image.
 COPY . /tmp/src
-RUN pip install /tmp/src && rm -rf /tmp/src
+RUN pip install "/tmp/src[flower]" && rm -rf /tmp/src
 
 WORKDIR /var/lib/rekey
 USER rekey
@@ -23,4 +23,6 @@ ENV REKEY_ENV=production \
 EXPOSE 8000
 
 # The Procfile's web line; compose overrides the command for worker, beat and migrate.
-CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:${PORT} --access-logfile - 'app:create_app()'"]
+# Prometheus multiprocess mode: an empty folder per start, shared by gunicorn's workers (README, Metrics).
+ENV PROMETHEUS_MULTIPROC_DIR=/tmp/rekey-prometheus
+CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec gunicorn --bind 0.0.0.0:${PORT} --access-logfile - --config python:app.gunicorn_conf 'app:create_app()'"]

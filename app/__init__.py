@@ -78,6 +78,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     install_security_headers(app)  # before the lifecycle, so its answers get the headers too
     install_request_lifecycle(app)
     init_webui(app)  # after the lifecycle: CSRF checks run once the request has its id
+    from app import metrics
+
+    metrics.init_app(app)  # request timing, webhook/task/audit counts, /metrics behind a token
 
     from app.accounts.views import admin_users, auth
     from app.audit.views import blp as audit_blp

@@ -315,6 +315,7 @@ def audit_verify(tenant_slug: str | None, checkpoint_dir: str | None, export_fil
                 reports.append((t.slug, _verify_with_checkpoints(t.id, checkpoint_dir, key)))
             else:
                 reports.append((t.slug, verify_chain(t.id)))
+        _record_verification([r for _, r in reports])
         database.session.remove()
         database.engine.dispose()
     _print_reports(reports, as_json)
@@ -529,11 +530,14 @@ def messages(to: str | None, limit: int, as_json: bool) -> None:
 
 
 @main.command("run")
-def run() -> None:
+@click.option("--flower", is_flag=True,
+              help="Also run Flower (the Celery monitor) on 127.0.0.1:$REKEY_FLOWER_PORT (5555); "
+                   "FLOWER_BASIC_AUTH=user:password turns on its basic auth.")
+def run(flower: bool) -> None:
     """Web, a Celery worker and beat for development, in the foreground (Ctrl-C stops all)."""
     from app.devserver import run as run_development
 
-    sys.exit(run_development(Settings()))
+    sys.exit(run_development(Settings(), flower=flower))
 
 
 @main.group()
@@ -712,6 +716,66 @@ def directory_import_channel_dates(tenant_slug: str, csv_file: Any, as_json: boo
                  tenant_id=found.id, details={"rows": len(rows), "updated": result["updated"],
                                               "skipped": len(result["skipped"])})
     _emit(result, as_json, f"{result['updated']} channel dates imported, {len(result['skipped'])} rows skipped")
+def _record_verification(reports: list[Any]) -> None:
+    """Keep the outcome of this verification for `rekey status` and /metrics (its own commit:
+    the verification itself changes nothing)."""
+    from app.extensions import db as database
+    from app.ops import record_verification
+
+    record_verification(reports)
+    database.session.commit()
+
+
+def _age(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{seconds:.0f} s ago"
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json: bool) -> None:
+    """Queue depth, outbox lag, dead letters, cases by state and the last chain verification."""
+    from app.ops import read_status
+
+    app = _app()
+    with app.app_context():
+        found = read_status(with_queue=True)
+    if as_json:
+        click.echo(json.dumps(found, default=str, sort_keys=True))
+        return
+    queue, outbox, dead = found["queue"], found["outbox"], found["dead_letters"]
+    depth = (f"{queue['messages']} waiting, {queue['consumers']} consumers" if queue["error"] is None
+             else f"unreachable ({queue['error']})")
+    lines = [f"queue {queue['queue']!r}: {depth}",
+             f"outbox: {outbox['backlog']} unpublished, oldest {_age(outbox['oldest_age_seconds'])}",
+             f"dead letters: {dead['open']} open ({dead['total']} in all)",
+             "cases: " + (", ".join(f"{k} {v}" for k, v in sorted(found["cases_by_state"].items())) or "none"),
+             f"beat heartbeat: {_age(found['beat']['age_seconds'])}"]
+    check = found["audit_verification"]
+    if check is None:
+        lines.append("audit chains: never verified (run `rekey audit verify`)")
+    else:
+        verdict = "all intact" if check["ok"] else f"{check.get('broken')} BROKEN"
+        lines.append(f"audit chains: {verdict} ({check.get('tenants')} tenants, {check.get('events')} events) "
+                     f"at {check['at'].isoformat()}")
+    click.echo("\n".join(lines))
+
+
+@main.group()
+def metrics() -> None:
+    """Prometheus metrics."""
+
+
+@metrics.command("serve")
+@click.option("--bind", default=None, help="host:port (default: REKEY_METRICS_BIND).")
+def metrics_serve(bind: str | None) -> None:
+    """Serve /metrics (no token) on a separate address, for a scraper on a private network."""
+    from app.metrics import serve
+
+    address = bind or Settings().metrics_bind
+    if not address:
+        click.echo("rekey: REKEY_METRICS_BIND (or --bind host:port) is not set", err=True)
+        sys.exit(2)
+    sys.exit(serve(_app(), address))
 
 
 if __name__ == "__main__":  # pragma: no cover

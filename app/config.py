@@ -170,6 +170,10 @@ class Settings:
     database_migration_url: str = field(default_factory=lambda: _env("DATABASE_MIGRATION_URL", ""), repr=False)
     # The application role `rekey db upgrade` creates and grants (default: DATABASE_URL's user).
     database_app_role: str = field(default_factory=lambda: _env("REKEY_DATABASE_APP_ROLE", ""))
+    # /metrics on the public port answers only `Authorization: Bearer <this>`; unset, it is 404.
+    metrics_token: str = field(default_factory=lambda: _env("REKEY_METRICS_TOKEN", ""), repr=False)
+    # A separate address for /metrics with no token (`rekey metrics serve`; `rekey run` starts it).
+    metrics_bind: str = field(default_factory=lambda: _env("REKEY_METRICS_BIND", ""))
 
     def __post_init__(self) -> None:
         # Every way a Settings is built (the environment, `replace` in tests) gets a usable URL.

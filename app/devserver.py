@@ -253,6 +253,19 @@ def choose_broker(settings: Settings, instance_dir: Path, supervisor: Supervisor
 # --- the children --------------------------------------------------------------------------
 
 
+def optional_commands(settings: Settings, *, flower: bool) -> dict[str, list[str]]:
+    """Flower (`rekey run --flower`) and the separate metrics address (REKEY_METRICS_BIND)."""
+    python = sys.executable
+    commands = {}
+    if flower:
+        # Bound to loopback; FLOWER_BASIC_AUTH (user:password), if set, is read by Flower itself.
+        commands["flower"] = [python, "-m", "celery", "-A", "tasks.worker", "flower", "--address=127.0.0.1",
+                              f"--port={os.environ.get('REKEY_FLOWER_PORT', '5555')}"]
+    if settings.metrics_bind:
+        commands["metrics"] = [python, "-m", "app.cli", "metrics", "serve"]
+    return commands
+
+
 def child_commands(settings: Settings, instance_dir: Path) -> dict[str, list[str]]:
     python = sys.executable
     celery = [python, "-m", "celery", "-A", "tasks.worker"]
@@ -287,7 +300,7 @@ def _answers_http(host: str, port: int) -> bool:
 # --- the runner ------------------------------------------------------------------------------
 
 
-def run(settings: Settings | None = None) -> int:
+def run(settings: Settings | None = None, *, flower: bool = False) -> int:
     """Migrate, pick a broker, run web + worker + beat until a signal or a child's death."""
     settings = settings or Settings()
     received: list[int] = []
@@ -325,12 +338,21 @@ def run(settings: Settings | None = None) -> int:
         "REKEY_INSTANCE_DIR": str(instance_dir),
         "PYTHONUNBUFFERED": "1",
     })
+    # Prometheus multiprocess mode: web, worker and beat write their samples here, /metrics adds
+    # them up. Emptied at every start (a previous run's processes are gone).
+    from app.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
+    env[MULTIPROC_ENV] = prepare_multiprocess_dir(env.get(MULTIPROC_ENV) or str(instance_dir / "prometheus"))
+    say(f"metrics: {env[MULTIPROC_ENV]} (PROMETHEUS_MULTIPROC_DIR); /metrics "
+        + (f"on http://{settings.metrics_bind}/metrics" if settings.metrics_bind else
+           "needs REKEY_METRICS_TOKEN (bearer)" if not settings.metrics_token else "with the bearer token"))
     # People reach the pages at localhost, not 127.0.0.1: WebAuthn cannot use an IP address.
     env.setdefault("REKEY_PUBLIC_URL", url)
     public = env["REKEY_PUBLIC_URL"].rstrip("/")
     try:
         if not received:
-            for name, argv in child_commands(settings, instance_dir).items():
+            commands = {**child_commands(settings, instance_dir), **optional_commands(settings, flower=flower)}
+            for name, argv in commands.items():
                 supervisor.start(name, argv, env)
             started = ", ".join(f"{c.name} pid={c.pid}" for c in supervisor.children)
             say(f"web: {url} (health: {url}/healthz, {url}/readyz; API: {url}/openapi.json)")

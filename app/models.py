@@ -26,6 +26,7 @@ from app.console.models import (  # noqa: F401
 from app.federation.models import FederatedSignin, IdentityProvider  # noqa: F401
 from app.intake.models import Integration, WebhookDelivery  # noqa: F401
 from app.jobs.models import DeadLetter, Effect, OutboxMessage  # noqa: F401
+from app.ops import OpsMark  # noqa: F401
 from app.recovery.models import (  # noqa: F401
     CaseAction,
     Evidence,

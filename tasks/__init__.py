@@ -51,7 +51,28 @@ def transport_options(url: str) -> dict[str, Any]:
     hands its options to `create_engine`, so it gets only what an engine accepts."""
     if url.startswith("sqla+"):
         return {"connect_args": {"timeout": 30}}
+    if is_amqp(url):
+        return {"confirm_publish": True}  # a publish returns once RabbitMQ has the message
     return {"visibility_timeout": VISIBILITY_TIMEOUT}
+
+
+def is_amqp(url: str) -> bool:
+    return url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+
+
+def amqp_config(url: str) -> dict[str, Any]:
+    """RabbitMQ (REKEY_BROKER_URL=amqp://...): quorum queues (replicated, durable, with a
+    delivery limit instead of endless redelivery of a poison message). Retries with a countdown use
+    Celery's native delayed delivery (topic exchanges `celery_delayed_*`, set up by the worker),
+    which quorum queues need in place of a worker holding ETA messages unacknowledged."""
+    if not is_amqp(url):
+        return {}
+    return {
+        "task_default_queue_type": "quorum",
+        "task_default_exchange_type": "topic",
+        "worker_detect_quorum_queues": True,
+        "broker_native_delayed_delivery_queue_type": "quorum",
+    }
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -84,8 +105,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "audit-checkpoint": {"task": "rekey.audit.checkpoint", "schedule": 300.0},
             "poll-directory-enrolments": {"task": "rekey.recovery.poll_enrolments", "schedule": 60.0},
             "sync-directories": {"task": "rekey.directory.sync", "schedule": 3600.0},
+            "beat-heartbeat": {"task": "rekey.ops.heartbeat", "schedule": 30.0},
         },
         "timezone": "UTC",
+        # Task events for Flower (`rekey run --flower`, docker-compose) and `celery events`.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        **amqp_config(broker_url(settings)),
     }
 
 
@@ -147,6 +173,7 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     _refuse_beat_without_signing_key(settings)
     import tasks.accounts  # noqa: F401  (registers the shared tasks)
     import tasks.audit  # noqa: F401
+    import tasks.ops  # noqa: F401
     import tasks.outbox  # noqa: F401
     import tasks.recovery  # noqa: F401
 

@@ -47,6 +47,7 @@ def _answer(description: str) -> dict[str, Any]:
 def receive(integration_id: str) -> Any:
     """Receive one signed delivery; the signature is checked over the raw body first."""
     integration = get_integration(integration_id)
+    g.integration_kind = integration.kind  # the metrics label (never the integration's id)
     # Werkzeug's Headers is a case-insensitive mapping of str to str (its stubs say otherwise).
     headers = cast(Mapping[str, str], request.headers)
     answer = receive_delivery(integration, headers, request.get_data(cache=False),
