@@ -24,10 +24,10 @@ from tests.recovery_steps import PHONE, act, audit, cast, give_backup_codes, sta
 SIGNIN_URL = re.compile(r"(https?://\S+/t/[a-z0-9-]+/signin)\b")
 
 
-def _reset_and_follow_the_notice(world: Any, page: Any, live_server: Any) -> tuple[Any, str]:
+def _reset_and_follow_the_notice(world: Any, page: Any, live_server: Any, **user: Any) -> tuple[Any, str]:
     """A verified case, the reset carried out by the worker, and the browser on the sign-in page
     the notice names."""
-    c = cast(world)
+    c = cast(world, **user)
     case_id = verified_case(world, c)
     assert act(world, case_id, "force_mfa_reset", c.agent, reason=RESET_REASON).status_code == 200
     world.settle(lambda: state(world, case_id, c.agent) == "awaiting_enrolment", "the reset by the worker")
@@ -92,8 +92,14 @@ def test_reset_then_security_key_recovers_the_case_and_signs_in_again(world: Any
     assert _script_errors(page) == []
 
 
+HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
+
+
 def test_reset_then_authenticator_app_read_from_the_page(world: Any, page: Any, live_server: Any) -> None:
-    c, case_id = _reset_and_follow_the_notice(world, page, live_server)
+    # The user's name (which a ticket or directory sync may have set) is shown as text, inert.
+    c, case_id = _reset_and_follow_the_notice(world, page, live_server, display_name=HOSTILE)
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     _password(page, c)
     page.get_by_role("button", name="Set up an authenticator app").click()
     _heading(page, "Set up an authenticator app")
@@ -118,6 +124,8 @@ def test_reset_then_authenticator_app_read_from_the_page(world: Any, page: Any, 
     page.get_by_role("button", name="Sign in", exact=True).click()
     _heading(page, "Account security")
     assert page.get_by_text("10 of 10 backup codes left.").is_visible()
+    assert page.get_by_text(f"Signed in as {HOSTILE} ({c.user.email}).").is_visible()
+    assert page.locator("main img, main script").count() == 0 and dialogs == []
     assert _script_errors(page) == []
 
 

@@ -87,7 +87,7 @@ def test_password_then_authenticator_code_opens_the_account_page(world: World) -
         "csrf_token": form_token(verify), "method": "otp", "code": _next_code(c.totp_secret)})
     assert done.status_code == 303 and done.headers["Location"] == f"/t/{c.tenant.slug}/account"
     account = assert_page(world.client.get(done.headers["Location"]), 200)
-    assert "Authenticator app" in account and "Recent sign-ins" in account and "succeeded" in account
+    assert "Authenticator app" in account and "Recent sign-ins" in account and "authenticator app signed in" in account
     assert _session_scopes(world, c.user) == ["full"]
     [event] = audit(world, c.tenant, "auth.signin_succeeded")
     assert (event.details["method"], event.details["two_step"], event.details["status"]) == ("totp", True, "ok")
