@@ -19,7 +19,7 @@ import pyotp
 from tests.browser.conftest import add_virtual_authenticator
 from tests.factories import PASSWORD
 from tests.recovery_paths import RESET_REASON, expect_notices
-from tests.recovery_steps import PHONE, act, audit, cast, give_backup_codes, state, verified_case
+from tests.recovery_steps import PHONE, act, assert_no_secrets, audit, cast, give_backup_codes, state, verified_case
 
 SIGNIN_URL = re.compile(r"(https?://\S+/t/[a-z0-9-]+/signin)\b")
 
@@ -95,7 +95,8 @@ def test_reset_then_security_key_recovers_the_case_and_signs_in_again(world: Any
 HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
 
 
-def test_reset_then_authenticator_app_read_from_the_page(world: Any, page: Any, live_server: Any) -> None:
+def test_reset_then_authenticator_app_read_from_the_page(world: Any, page: Any, live_server: Any,
+                                                        browser_worker: Any, caplog: Any) -> None:
     # The user's name (which a ticket or directory sync may have set) is shown as text, inert.
     c, case_id = _reset_and_follow_the_notice(world, page, live_server, display_name=HOSTILE)
     dialogs: list[str] = []
@@ -127,6 +128,8 @@ def test_reset_then_authenticator_app_read_from_the_page(world: Any, page: Any, 
     assert page.get_by_text(f"Signed in as {HOSTILE} ({c.user.email}).").is_visible()
     assert page.locator("main img, main script").count() == 0 and dialogs == []
     assert _script_errors(page) == []
+    # The secret and the codes the pages showed reached no audit row, task, ticket or log.
+    assert_no_secrets(world, logs=caplog.text + browser_worker.log())
 
 
 def test_backup_code_signs_in_once_then_is_refused(world: Any, page: Any) -> None:
