@@ -186,3 +186,41 @@ def test_a_cloned_authenticator_is_refused_and_audited(world: Any, page: Any) ->
 def _sign_out_from_account(page: Any, base: str) -> None:
     page.goto(f"{base}/account")
     _sign_out(page)
+
+
+def test_without_javascript_the_keyboard_signs_in_and_enrols_an_app(world: Any, browser: Any,
+                                                                    live_server: Any) -> None:
+    """No script at all (JavaScript off): the labelled fields and buttons, reached with Tab and
+    submitted with Enter, sign in after a reset and enrol an authenticator app; the security-key
+    block stays hidden and the page says why."""
+    c = cast(world)
+    case_id = verified_case(world, c)
+    assert act(world, case_id, "force_mfa_reset", c.agent, reason=RESET_REASON).status_code == 200
+    world.settle(lambda: state(world, case_id, c.agent) == "awaiting_enrolment", "the reset by the worker")
+    context = browser.new_context(base_url=live_server.url, java_script_enabled=False)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    try:
+        page.goto(f"/t/{c.tenant.slug}/signin")
+        page.keyboard.press("Tab")  # the skip link, then the email field (autofocus aside)
+        page.get_by_label("Email address").focus()
+        page.keyboard.type(c.user.email)
+        page.keyboard.press("Tab")
+        page.keyboard.type(PASSWORD)
+        page.keyboard.press("Enter")
+        _heading(page, "Set up a sign-in factor")
+        page.get_by_role("button", name="Set up an authenticator app").focus()
+        page.keyboard.press("Enter")
+        _heading(page, "Set up an authenticator app")
+        secret = page.locator("#totp-secret").inner_text().replace(" ", "")
+        world.handed_out.append(secret)
+        page.get_by_label("Code from the app").focus()
+        page.keyboard.type(pyotp.TOTP(secret).now())
+        page.keyboard.press("Enter")
+        _heading(page, "Your new factor is set up")
+        world.settle(lambda: state(world, case_id, c.agent) in ("recovered", "closed"), "the case recovered")
+        page.goto(f"/t/{c.tenant.slug}/enrol/key")
+        assert page.get_by_text("Registering a security key needs JavaScript").is_visible()
+        assert not page.get_by_role("button", name="Register my security key").is_visible()
+    finally:
+        context.close()
