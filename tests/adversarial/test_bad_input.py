@@ -926,3 +926,39 @@ def test_page_forms_with_hostile_fields_answer_a_page_never_a_500(app: Any, clie
                     assert_error(answer, answer.status_code)
                 else:
                     assert_page(answer, answer.status_code)
+
+
+@pytest.fixture(scope="module")
+def page_fuzz_client(app: Any) -> Any:
+    return app.test_client()
+
+
+def test_signin_page_fuzzed_fields_never_500_and_never_open_a_session(app: Any, page_fuzz_client: Any,
+                                                                      world: World) -> None:
+    """Property: whatever text the sign-in form's fields hold, the page answers with a page and a
+    4xx (malformed, wrong credentials, locked), and no session is ever opened."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from app.accounts.models import UserSession
+
+    client = page_fuzz_client
+    csrf = _page_csrf(client, world)
+    url = f"/t/{world.a.tenant.slug}/signin"
+    with app.app_context():
+        sessions_before = db.session.scalar(select(func.count()).select_from(UserSession))
+        db.session.rollback()
+
+    text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=400)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(email=st.one_of(text, st.emails().map(str)), password=text, nxt=text)
+    def probe(email: str, password: str, nxt: str) -> None:
+        answer = client.post(url, data={"csrf_token": csrf, "email": email, "password": password, "next": nxt})
+        assert 400 <= answer.status_code < 500, (answer.status_code, email[:40])
+        assert_page(answer, answer.status_code)
+
+    probe()
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(UserSession)) == sessions_before
+        db.session.rollback()
