@@ -598,11 +598,17 @@ def dlq_retry(dead_letter_id: str, as_json: bool) -> None:
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=1),
               help="Seconds to wait for each step the worker carries out.")
 @click.option("--json", "as_json", is_flag=True, help="One machine-readable summary instead of the story.")
-def demo(url: str | None, timeout: float, as_json: bool) -> None:
+@click.option("--browser", is_flag=True,
+              help="The user's step in headless Chromium on the pages, finishing with a security key "
+                   "(needs Playwright: pip install -e '.[browser]', and /usr/bin/chromium).")
+@click.option("--screenshots", default="demo-screenshots", show_default=True,
+              help="With --browser: the folder for a screenshot of each page.")
+def demo(url: str | None, timeout: float, as_json: bool, browser: bool, screenshots: str) -> None:
     """A full scripted recovery against the running service (start it with `make run` first)."""
     from app.demo import run_demo
 
-    sys.exit(run_demo(Settings(), url=url, timeout=timeout, as_json=as_json))
+    sys.exit(run_demo(Settings(), url=url, timeout=timeout, as_json=as_json, browser=browser,
+                      screenshots=screenshots))
 
 
 

@@ -517,13 +517,23 @@ def _brief(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row.get(k) for k in ("seq", "action", "actor_type", "actor_id", "reason")}
 
 
-def run_demo(settings: Settings, *, url: str | None, timeout: float, as_json: bool) -> int:
-    """Run the whole story; 0 when every step happened, 1 otherwise (naming what did not)."""
+def run_demo(settings: Settings, *, url: str | None, timeout: float, as_json: bool,
+             browser: bool = False, screenshots: str | None = None) -> int:
+    """Run the whole story; 0 when every step happened, 1 otherwise (naming what did not).
+    `browser`: step 4 in headless Chromium on the pages, a screenshot of each in `screenshots`."""
     story = Story(settings=settings, service=Service(url or default_url(settings), min(max(timeout, 5.0), 30.0)),
                   timeout=timeout, as_json=as_json)
+    step4: Callable[[], None] = story.step4_enrol
+    if browser:
+        from pathlib import Path
+
+        from app.demo_browser import BrowserStep
+
+        in_browser = BrowserStep(Path(screenshots or "demo-screenshots"), timeout)
+        step4 = lambda: in_browser.run(story)  # noqa: E731
     try:
         for step in (story.preflight, story.provision, story.before_the_ticket, story.ticket,
-                     story.step1_verify, story.step2_backup_codes, story.step3_reset, story.step4_enrol,
+                     story.step1_verify, story.step2_backup_codes, story.step3_reset, step4,
                      story.step5_follow_up, story.audit):
             step()
     except (KeyError, TypeError, ValueError) as exc:  # an answer without the documented shape

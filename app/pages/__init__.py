@@ -1,6 +1,7 @@
 """End-user pages under `/t/<tenant>/` (a browser cannot send `X-Rekey-Tenant`, so the tenant is
 in the path). An unknown tenant is the plain not-found page. The notice-link pages live in
-links.py; the browser-session helpers later pages sign users in with, in sessions.py."""
+links.py; the sign-in pages in signin.py, enrolment in enrol.py, the account page in account.py;
+the browser-session helpers they sign users in with in sessions.py."""
 
 from __future__ import annotations
 

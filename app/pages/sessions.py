@@ -1,5 +1,5 @@
 """Browser sessions for end users, for the pages that sign people in (the sign-in, enrolment and
-account pages come later; these are the helpers they use).
+account pages: signin.py, enrol.py, account.py).
 
 The cookie carries only an opaque token; the session is a `UserSession` row of kind `browser`,
 so everything that revokes a user's sessions (a force reset, a temporary password, a

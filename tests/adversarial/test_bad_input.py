@@ -599,8 +599,23 @@ def _body_for(rule: Any, world: World) -> dict[str, Any] | None:
     return bodies.get(last)
 
 
+def _signed_in_browser(app: Any, client: Any, world: World) -> None:
+    """The client holds a browser session of A's user, as after the sign-in page (pages that name
+    the user's own objects need one; without it they send the browser to the sign-in page)."""
+    from app.accounts.models import User
+    from app.accounts.services import open_session
+    from app.extensions import db
+
+    with app.app_context():
+        user = db.session.get(User, world.a.user.id)
+        token = open_session(user, scope="full", ip="203.0.113.9", kind="browser")
+        db.session.commit()
+    client.set_cookie("__Host-rekey_session", token)
+
+
 def test_invalid_ids_in_every_path_parameter_are_404(app: Any, client: Any, world: World,
                                                      nothing_written: Any) -> None:
+    _signed_in_browser(app, client, world)
     csrf = _page_csrf(client, world)
     tried = 0
     for rule in _path_rules(app):
@@ -880,3 +895,70 @@ def test_agent_federated_subject_of_another_agent_is_a_conflict(rekey: Any, worl
         code, _, err = rekey("agent", "create", "--tenant", world.a.tenant.slug, "--role", "support_agent",
                              "--email", f"b-{uuid.uuid4().hex[:8]}@staff.example", "--federated", link)
     assert code == 2 and json.loads(err)["error"]["code"] == "conflict"
+
+
+# --- the sign-in, enrolment and account pages: hostile form fields ------------------------------
+
+HOSTILE_FIELDS = ["", " ", "x" * 5000, "١٢٣٤٥٦", "<script>alert(1)</script>", "%00", "\ud800".encode(
+    "utf-8", "surrogatepass").decode("latin-1"), '{"id": 1}', "[]", "null", "💩" * 300]
+
+
+def test_page_forms_with_hostile_fields_answer_a_page_never_a_500(app: Any, client: Any, world: World) -> None:
+    """Every form field of every sign-in, enrolment and account page, and the `credential` our
+    WebAuthn script posts, filled with hostile text: a page (or, for the script's options routes,
+    the contract's JSON) with a precise status, never a 500."""
+    _signed_in_browser(app, client, world)
+    csrf = _page_csrf(client, world)
+    fields = {"email": None, "password": None, "next": None, "method": None, "code": None, "label": None,
+              "credential": None, "current_password": None, "new_password": None, "new_password_again": None}
+    routes = [r for r in app.url_map.iter_rules() if _is_page(app, r) and "POST" in (r.methods or ())
+              and r.rule.startswith("/t/<tenant>/") and "/links/" not in r.rule]
+    assert len(routes) >= 12
+    # Signing out last, so every other form is tried signed in; A's key is never named (not removed).
+    for rule in sorted(routes, key=lambda r: r.rule.endswith("/signout")):
+        url = _fill(rule, world, key_id=str(uuid.uuid4()))
+        for value in HOSTILE_FIELDS:
+            answer = client.post(url, data={"csrf_token": csrf, **{name: value for name in fields}},
+                                 headers={"X-CSRF-Token": csrf})
+            assert answer.status_code < 500, (rule.rule, value[:20], answer.status_code)
+            if answer.status_code >= 400:
+                if rule.rule.endswith("/options"):
+                    assert_error(answer, answer.status_code)
+                else:
+                    assert_page(answer, answer.status_code)
+
+
+@pytest.fixture(scope="module")
+def page_fuzz_client(app: Any) -> Any:
+    return app.test_client()
+
+
+def test_signin_page_fuzzed_fields_never_500_and_never_open_a_session(app: Any, page_fuzz_client: Any,
+                                                                      world: World) -> None:
+    """Property: whatever text the sign-in form's fields hold, the page answers with a page and a
+    4xx (malformed, wrong credentials, locked), and no session is ever opened."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from app.accounts.models import UserSession
+
+    client = page_fuzz_client
+    csrf = _page_csrf(client, world)
+    url = f"/t/{world.a.tenant.slug}/signin"
+    with app.app_context():
+        sessions_before = db.session.scalar(select(func.count()).select_from(UserSession))
+        db.session.rollback()
+
+    text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=400)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(email=st.one_of(text, st.emails().map(str)), password=text, nxt=text)
+    def probe(email: str, password: str, nxt: str) -> None:
+        answer = client.post(url, data={"csrf_token": csrf, "email": email, "password": password, "next": nxt})
+        assert 400 <= answer.status_code < 500, (answer.status_code, email[:40])
+        assert_page(answer, answer.status_code)
+
+    probe()
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(UserSession)) == sessions_before
+        db.session.rollback()

@@ -70,3 +70,55 @@ def test_screenshot_of_every_page(world: Any, page: Any, shots: Path) -> None:
 
     page.goto(f"/t/{c.tenant.slug}/no-such-page")
     _shoot(page, shots, "not-found")
+
+
+def test_screenshot_of_every_signin_page(world: Any, page: Any, shots: Path) -> None:
+    """The sign-in, enrolment and account pages, walked as a person recovering with them does."""
+    from tests.browser.conftest import add_virtual_authenticator
+    from tests.factories import PASSWORD
+    from tests.recovery_steps import state
+
+    c = cast(world, tenant_name="Acme Corp", display_name="Kim Lee")
+    case_id = verified_case(world, c)
+    assert act(world, case_id, "force_mfa_reset", c.agent, reason=RESET_REASON).status_code == 200
+    world.settle(lambda: state(world, case_id, c.agent) == "awaiting_enrolment", "the reset")
+    base = f"/t/{c.tenant.slug}"
+
+    def password_step() -> None:
+        page.get_by_label("Email address").fill(c.user.email)
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Continue").click()
+
+    page.goto(f"{base}/signin")
+    _shoot(page, shots, "signin")
+    page.get_by_label("Email address").fill(c.user.email)
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Continue").click()
+    page.get_by_role("alert").wait_for()
+    _shoot(page, shots, "signin-refused")
+    password_step()
+    page.get_by_role("heading", name="Set up a sign-in factor").wait_for()
+    _shoot(page, shots, "enrol")
+    page.get_by_role("button", name="Set up an authenticator app").click()
+    page.get_by_role("heading", name="Set up an authenticator app").wait_for()
+    _shoot(page, shots, "enrol-app")
+    page.goto(f"{base}/enrol/key")
+    _shoot(page, shots, "enrol-key")
+    add_virtual_authenticator(page)
+    page.get_by_label("Name of this key").fill("Laptop fingerprint")
+    page.get_by_role("button", name="Register my security key").click()
+    page.get_by_role("heading", name="Your new factor is set up").wait_for()
+    _shoot(page, shots, "enrol-done")
+    page.get_by_role("button", name="Make my backup codes").click()
+    page.get_by_role("heading", name="Your backup codes").wait_for()
+    _shoot(page, shots, "backup-codes")
+    page.get_by_role("button", name="I saved them: sign out and sign in again").click()
+    page.get_by_text("You are signed out.").wait_for()
+    password_step()
+    page.get_by_role("heading", name="Confirm it is you").wait_for()
+    _shoot(page, shots, "signin-second-factor")
+    page.get_by_role("button", name="Use my security key").click()
+    page.get_by_role("heading", name="Account security").wait_for()
+    _shoot(page, shots, "account")
+    page.get_by_role("link", name="Change your password").click()
+    _shoot(page, shots, "password")

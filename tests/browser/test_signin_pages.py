@@ -19,15 +19,15 @@ import pyotp
 from tests.browser.conftest import add_virtual_authenticator
 from tests.factories import PASSWORD
 from tests.recovery_paths import RESET_REASON, expect_notices
-from tests.recovery_steps import PHONE, act, audit, cast, give_backup_codes, state, verified_case
+from tests.recovery_steps import PHONE, act, assert_no_secrets, audit, cast, give_backup_codes, state, verified_case
 
 SIGNIN_URL = re.compile(r"(https?://\S+/t/[a-z0-9-]+/signin)\b")
 
 
-def _reset_and_follow_the_notice(world: Any, page: Any, live_server: Any) -> tuple[Any, str]:
+def _reset_and_follow_the_notice(world: Any, page: Any, live_server: Any, **user: Any) -> tuple[Any, str]:
     """A verified case, the reset carried out by the worker, and the browser on the sign-in page
     the notice names."""
-    c = cast(world)
+    c = cast(world, **user)
     case_id = verified_case(world, c)
     assert act(world, case_id, "force_mfa_reset", c.agent, reason=RESET_REASON).status_code == 200
     world.settle(lambda: state(world, case_id, c.agent) == "awaiting_enrolment", "the reset by the worker")
@@ -92,8 +92,15 @@ def test_reset_then_security_key_recovers_the_case_and_signs_in_again(world: Any
     assert _script_errors(page) == []
 
 
-def test_reset_then_authenticator_app_read_from_the_page(world: Any, page: Any, live_server: Any) -> None:
-    c, case_id = _reset_and_follow_the_notice(world, page, live_server)
+HOSTILE = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
+
+
+def test_reset_then_authenticator_app_read_from_the_page(world: Any, page: Any, live_server: Any,
+                                                        browser_worker: Any, caplog: Any) -> None:
+    # The user's name (which a ticket or directory sync may have set) is shown as text, inert.
+    c, case_id = _reset_and_follow_the_notice(world, page, live_server, display_name=HOSTILE)
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     _password(page, c)
     page.get_by_role("button", name="Set up an authenticator app").click()
     _heading(page, "Set up an authenticator app")
@@ -118,7 +125,11 @@ def test_reset_then_authenticator_app_read_from_the_page(world: Any, page: Any, 
     page.get_by_role("button", name="Sign in", exact=True).click()
     _heading(page, "Account security")
     assert page.get_by_text("10 of 10 backup codes left.").is_visible()
+    assert page.get_by_text(f"Signed in as {HOSTILE} ({c.user.email}).").is_visible()
+    assert page.locator("main img, main script").count() == 0 and dialogs == []
     assert _script_errors(page) == []
+    # The secret and the codes the pages showed reached no audit row, task, ticket or log.
+    assert_no_secrets(world, logs=caplog.text + browser_worker.log())
 
 
 def test_backup_code_signs_in_once_then_is_refused(world: Any, page: Any) -> None:
@@ -175,3 +186,41 @@ def test_a_cloned_authenticator_is_refused_and_audited(world: Any, page: Any) ->
 def _sign_out_from_account(page: Any, base: str) -> None:
     page.goto(f"{base}/account")
     _sign_out(page)
+
+
+def test_without_javascript_the_keyboard_signs_in_and_enrols_an_app(world: Any, browser: Any,
+                                                                    live_server: Any) -> None:
+    """No script at all (JavaScript off): the labelled fields and buttons, reached with Tab and
+    submitted with Enter, sign in after a reset and enrol an authenticator app; the security-key
+    block stays hidden and the page says why."""
+    c = cast(world)
+    case_id = verified_case(world, c)
+    assert act(world, case_id, "force_mfa_reset", c.agent, reason=RESET_REASON).status_code == 200
+    world.settle(lambda: state(world, case_id, c.agent) == "awaiting_enrolment", "the reset by the worker")
+    context = browser.new_context(base_url=live_server.url, java_script_enabled=False)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    try:
+        page.goto(f"/t/{c.tenant.slug}/signin")
+        page.keyboard.press("Tab")  # the skip link, then the email field (autofocus aside)
+        page.get_by_label("Email address").focus()
+        page.keyboard.type(c.user.email)
+        page.keyboard.press("Tab")
+        page.keyboard.type(PASSWORD)
+        page.keyboard.press("Enter")
+        _heading(page, "Set up a sign-in factor")
+        page.get_by_role("button", name="Set up an authenticator app").focus()
+        page.keyboard.press("Enter")
+        _heading(page, "Set up an authenticator app")
+        secret = page.locator("#totp-secret").inner_text().replace(" ", "")
+        world.handed_out.append(secret)
+        page.get_by_label("Code from the app").focus()
+        page.keyboard.type(pyotp.TOTP(secret).now())
+        page.keyboard.press("Enter")
+        _heading(page, "Your new factor is set up")
+        world.settle(lambda: state(world, case_id, c.agent) in ("recovered", "closed"), "the case recovered")
+        page.goto(f"/t/{c.tenant.slug}/enrol/key")
+        assert page.get_by_text("Registering a security key needs JavaScript").is_visible()
+        assert not page.get_by_role("button", name="Register my security key").is_visible()
+    finally:
+        context.close()

@@ -89,6 +89,36 @@ def test_demo_json_summary_and_a_second_run_beside_the_first(start_runner):  # n
     assert runner.stop(signal.SIGINT) == 0, runner.output()
 
 
+BROWSER_STEPS = ("Step 4 - The user signs in and enrols a security key, in a browser", "/t/",
+                 "/signin, the page the reset notice names", "(a session that may only enrol",
+                 "registers the key", "recovery.recovered", "makes 10 backup codes", "signs out",
+                 "signs in again with email, password and the security key", "Step 5 - Follow-up and close",
+                 "-> closed", "mfa.factor_enrolled", "every hash links: ok")
+
+
+def test_demo_in_the_browser_finishes_with_a_security_key(start_runner, tmp_path: Path):  # noqa: F811
+    from tests.browser.conftest import need_browser
+
+    need_browser()
+    runner = embedded_runner(start_runner)
+    shots = tmp_path / "shots"
+
+    done = demo(runner, "--browser", "--screenshots", str(shots))
+
+    out = done.stdout
+    assert done.returncode == 0, f"{out}\n{done.stderr}\n--- rekey run ---\n{runner.output()}"
+    at = 0
+    for step in BROWSER_STEPS:
+        assert step in out[at:], f"{step!r} missing after position {at}:\n{out}"
+        at = out.index(step, at)
+    pictures = sorted(p.name for p in shots.iterdir())
+    assert pictures == ["01-signin.png", "02-enrol.png", "03-enrol-key.png", "04-enrol-done.png",
+                        "05-signin-second-factor.png", "06-account.png"], pictures
+    assert all((shots / name).stat().st_size > 10_000 for name in pictures)
+    assert "rk_web" not in out and "rk_pend" not in out and "otpauth://" not in out
+    assert runner.stop(signal.SIGINT) == 0, runner.output()
+
+
 def test_demo_without_a_service_fails_fast_and_says_what_to_start(tmp_path: Path):
     env = {**os.environ, "REKEY_INSTANCE_DIR": str(tmp_path)}
     done = subprocess.run([REKEY, "demo", "--url", f"http://127.0.0.1:{_closed_port()}", "--timeout", "2"],

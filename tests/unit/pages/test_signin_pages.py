@@ -87,7 +87,7 @@ def test_password_then_authenticator_code_opens_the_account_page(world: World) -
         "csrf_token": form_token(verify), "method": "otp", "code": _next_code(c.totp_secret)})
     assert done.status_code == 303 and done.headers["Location"] == f"/t/{c.tenant.slug}/account"
     account = assert_page(world.client.get(done.headers["Location"]), 200)
-    assert "Authenticator app" in account and "Recent sign-ins" in account and "succeeded" in account
+    assert "Authenticator app" in account and "Recent sign-ins" in account and "authenticator app signed in" in account
     assert _session_scopes(world, c.user) == ["full"]
     [event] = audit(world, c.tenant, "auth.signin_succeeded")
     assert (event.details["method"], event.details["two_step"], event.details["status"]) == ("totp", True, "ok")
@@ -394,3 +394,53 @@ def test_a_cloned_key_is_refused_on_the_page_and_audited(world: World) -> None:
     assert suspected.details["presented_count"] <= suspected.details["stored_count"]
     [failed] = audit(world, c.tenant, "auth.signin_failed")
     assert failed.details["problem"] == "sign_count"
+
+
+def test_unknown_email_gets_the_same_page_as_a_wrong_password(world: Any) -> None:
+    c = cast(world)
+    wrong = _password_step(world.client, c, password="not the password at all")
+    other = type("Someone", (), {"tenant": c.tenant, "user": type("U", (), {"email": "nobody@example.com"})})
+    unknown = _password_step(world.app.test_client(), other)
+    assert (wrong.status_code, unknown.status_code) == (401, 401)
+    assert main_text(wrong).replace(c.user.email, "X") == main_text(unknown).replace("nobody@example.com", "X")
+
+
+def test_key_options_without_a_pending_signin_answer_the_contract_json(world: Any) -> None:
+    c = cast(world)
+    page = world.client.get(f"/t/{c.tenant.slug}/signin")
+    answer = world.client.post(f"/t/{c.tenant.slug}/signin/key/options", headers={"X-CSRF-Token": form_token(page)})
+    assert answer.status_code == 401
+    assert answer.json["error"]["code"] == "signin_expired"
+
+
+def test_security_keys_on_an_ip_address_say_why_and_the_app_still_works(world: Any, monkeypatch: Any) -> None:
+    from dataclasses import replace
+
+    c, _ = _reset_user(world)
+    base = f"/t/{c.tenant.slug}"
+    settings = world.app.extensions["rekey.settings"]
+    monkeypatch.setitem(world.app.extensions, "rekey.settings", replace(settings, public_url="http://127.0.0.1:5000"))
+    _password_step(world.client, c)
+    page = world.client.get(f"{base}/enrol/key")
+    options = world.client.post(f"{base}/enrol/key/options", headers={"X-CSRF-Token": form_token(page)})
+    assert options.status_code == 422
+    assert options.json["error"]["code"] == "security_keys_unavailable"
+    assert "REKEY_PUBLIC_URL" in options.json["error"]["message"]
+    assert "<svg" in _post(world.client, f"{base}/enrol", f"{base}/enrol/totp").get_data(as_text=True)
+
+
+def test_sign_out_is_a_post_with_its_token_and_ends_the_session(world: Any) -> None:
+    c = cast(world)
+    base = f"/t/{c.tenant.slug}"
+    verify = world.client.get(_password_step(world.client, c).headers["Location"])
+    world.client.post(f"{base}/signin/verify", data={"csrf_token": form_token(verify), "method": "otp",
+                                                      "code": _next_code(c.totp_secret)})
+    assert _session_scopes(world, c.user) == ["full"]
+    assert_page(world.client.get(f"{base}/signout"), 405)  # a link (or an <img>) cannot sign anyone out
+    assert_page(world.client.post(f"{base}/signout"), 403)  # nor a form from elsewhere
+    assert _session_scopes(world, c.user) == ["full"]
+    account = world.client.get(f"{base}/account")
+    out = world.client.post(f"{base}/signout", data={"csrf_token": form_token(account)})
+    assert out.status_code == 303 and out.headers["Location"] == f"{base}/signin?signed_out=1"
+    assert _session_scopes(world, c.user) == []
+    assert world.client.get(f"{base}/account").status_code == 303  # back to the sign-in page
