@@ -17,7 +17,7 @@ from app.console.session import agent_page
 from app.errors import RekeyError, ValidationFailed
 from app.extensions import db
 from app.recovery import evidence
-from app.recovery.commands import perform_action
+from app.recovery.commands import AGENT_ACTIONS, perform_action
 from app.recovery.evidence import REFUSED_TYPES
 from app.recovery.models import STATES
 from app.recovery.presenter import describe_case
@@ -39,7 +39,7 @@ def _case_context(case_id: str) -> dict[str, Any]:
     return {"case": case, "calls": queries.open_calls(g.actor, case_id),
             "unavailable": queries.unavailable_actions_for(g.actor, case_id),
             "is_destructive": queries.is_destructive, "evidence_choices": EVIDENCE_CHOICES,
-            "agent": g.agent, "stepped_up": _stepped_up()}
+            "agent": g.agent, "stepped_up": _stepped_up(), "agent_actions": AGENT_ACTIONS}
 
 
 def _stepped_up() -> bool:
