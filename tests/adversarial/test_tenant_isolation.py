@@ -105,6 +105,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("/console/invitation/<token>", "GET"): CONSOLE_INVITATION,
     ("/console/invitation/<token>", "POST"): CONSOLE_INVITATION,
     ("/console/queue", "GET"): CONSOLE_LIST,
+    ("/console/audit", "GET"): CONSOLE_LIST,
     ("/console/audit.<fmt>", "GET"): CONSOLE,
     ("/console/cases/<case_id>", "GET"): CONSOLE,
     ("/console/cases/<case_id>/live", "GET"): CONSOLE,
@@ -570,6 +571,11 @@ def test_b_console_agents_get_404_for_every_object_of_a(app: Any, world: World, 
     queue = browser.get("/console/queue")
     assert queue.status_code == 200 and a.case_id not in queue.get_data(as_text=True)
     _no_leak(queue, a)
+    with unchanged(a):
+        assert_page(browser.get(f"/console/audit?case={a.case_id}"), 404)
+    everything = browser.get("/console/audit.jsonl")
+    assert everything.status_code == 200
+    _no_leak(everything, a)
 
 
 def test_a_agent_console_credentials_at_b_are_the_unknown_answer(app: Any, world: World, unchanged: Any,

@@ -4,6 +4,7 @@ prompt before a destructive action, CSRF, tenant isolation and inert ticket text
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -164,3 +165,18 @@ def test_bad_input_is_a_4xx_page(app: Any, factory: Any, client: Any, console_cl
     who = make_console_agent(app, factory, factory.tenant(), console_clock)
     sign_in(client, who, console_clock)
     assert client.get(path).status_code in (400, 404)
+
+
+def test_audit_view_filters_and_downloads(app: Any, factory: Any, client: Any, console_clock: Any) -> None:
+    opened = open_case(factory, client)
+    who = make_console_agent(app, factory, opened.tenant, console_clock)
+    sign_in(client, who, console_clock)
+    text = assert_page(client.get("/console/audit?action=recovery.requested&since=2020-01-01"), 200)
+    assert "the filtered" in text
+    page = client.get("/console/audit?action=recovery.requested&since=2020-01-01").get_data(as_text=True)
+    assert "/console/audit.csv?action=recovery.requested&amp;since=2020-01-01" in page
+    lines = client.get("/console/audit.jsonl?action=recovery.requested&since=2020-01-01").get_data(as_text=True)
+    rows = [json.loads(line) for line in lines.splitlines() if line]
+    assert rows and {r["action"] for r in rows} == {"recovery.requested"}
+    assert client.get("/console/audit.jsonl?since=2999-01-01").get_data(as_text=True).strip() == ""
+    assert_page(client.get("/console/audit?since=yesterday"), 400)
