@@ -106,6 +106,8 @@ ROUTES: dict[tuple[str, str], str] = {
     ("/console/invitation/<token>", "POST"): CONSOLE_INVITATION,
     ("/console/queue", "GET"): CONSOLE_LIST,
     ("/console/audit", "GET"): CONSOLE_LIST,
+    ("/console/agents", "GET"): CONSOLE_LIST,
+    ("/console/agents/<agent_id>/reset-mfa", "POST"): CONSOLE,
     ("/console/audit.<fmt>", "GET"): CONSOLE,
     ("/console/cases/<case_id>", "GET"): CONSOLE,
     ("/console/cases/<case_id>/live", "GET"): CONSOLE,
@@ -533,6 +535,8 @@ def console_probes(a: Side, b: Side) -> list[Probe]:
         Probe(("/console/users/<user_id>/notes", "POST"), "a note on A's user", f"/console/users/{a.user_id}/notes",
               {"body": "Looked at this account."}),
         Probe(("/console/audit.<fmt>", "GET"), "A's case's audit", f"/console/audit.csv?case={a.case_id}"),
+        Probe(("/console/agents/<agent_id>/reset-mfa", "POST"), "resetting A's agent's second factor",
+              f"/console/agents/{a.senior.agent.id}/reset-mfa", {"reason": "cross-tenant probe"}),
         Probe(("/console/audit.<fmt>", "GET"), "A's user's audit", f"/console/audit.jsonl?user={a.user_id}"),
     ]
     for action in ACTIONS:
@@ -573,6 +577,11 @@ def test_b_console_agents_get_404_for_every_object_of_a(app: Any, world: World, 
     _no_leak(queue, a)
     with unchanged(a):
         assert_page(browser.get(f"/console/audit?case={a.case_id}"), 404)
+    if role == "senior_admin":
+        agents = browser.get("/console/agents")
+        assert agents.status_code == 200
+        _no_leak(agents, a)
+        assert a.senior.agent.email not in agents.get_data(as_text=True)
     everything = browser.get("/console/audit.jsonl")
     assert everything.status_code == 200
     _no_leak(everything, a)

@@ -180,3 +180,29 @@ def test_audit_view_filters_and_downloads(app: Any, factory: Any, client: Any, c
     assert rows and {r["action"] for r in rows} == {"recovery.requested"}
     assert client.get("/console/audit.jsonl?since=2999-01-01").get_data(as_text=True).strip() == ""
     assert_page(client.get("/console/audit?since=yesterday"), 400)
+
+
+def test_senior_admin_resets_an_agents_second_factor(app: Any, factory: Any, client: Any, console_clock: Any,
+                                                     tune: Any) -> None:
+    tenant = factory.tenant()
+    senior = make_console_agent(app, factory, tenant, console_clock, role="senior_admin")
+    support = make_console_agent(app, factory, tenant, console_clock)
+    other = app.test_client()
+    sign_in(other, support, console_clock)
+    assert_page(other.get("/console/agents"), 403)  # support agents do not manage agents
+    sign_in(client, senior, console_clock)
+    page = client.get("/console/agents")
+    assert support.agent.email in assert_page(page, 200)
+    path = f"/console/agents/{support.agent.id}/reset-mfa"
+    tune(console_step_up_seconds=0)
+    answer = client.post(path, data={"csrf_token": form_token(page), "reason": "lost the phone"})
+    assert "fresh check" in assert_page(answer, 403)
+    tune(console_step_up_seconds=300)
+    answer = client.post(path, data={"csrf_token": form_token(page), "reason": "lost the phone",
+                                     "step_up_code": senior.code(console_clock)})
+    assert answer.status_code == 303
+    assert other.get("/console/queue").status_code == 303  # their session ended with the reset
+    from app.console.credentials import active_factors
+
+    with app.app_context():
+        assert active_factors(support.agent.id) == []
