@@ -5,7 +5,9 @@ notes, and the audit download. Every view calls the same service as the admin AP
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import Response, g, redirect, request, stream_with_context
 
@@ -17,7 +19,7 @@ from app.console.session import agent_page
 from app.errors import RekeyError, ValidationFailed
 from app.extensions import db
 from app.recovery import evidence
-from app.recovery.commands import perform_action
+from app.recovery.commands import AGENT_ACTIONS, perform_action
 from app.recovery.evidence import REFUSED_TYPES
 from app.recovery.models import STATES
 from app.recovery.presenter import describe_case
@@ -39,7 +41,7 @@ def _case_context(case_id: str) -> dict[str, Any]:
     return {"case": case, "calls": queries.open_calls(g.actor, case_id),
             "unavailable": queries.unavailable_actions_for(g.actor, case_id),
             "is_destructive": queries.is_destructive, "evidence_choices": EVIDENCE_CHOICES,
-            "agent": g.agent, "stepped_up": _stepped_up()}
+            "agent": g.agent, "stepped_up": _stepped_up(), "agent_actions": AGENT_ACTIONS}
 
 
 def _stepped_up() -> bool:
@@ -186,25 +188,55 @@ def _uuid_arg(name: str) -> uuid.UUID | None:
         raise ValidationFailed(f"{name} is not an id.", details={"field": name}) from exc
 
 
-@console.get("/audit.<fmt>")
-@agent_page
-def audit_download(fmt: str) -> Any:
-    """The tenant's audit trail, filtered by case, user, action or actor, as CSV or JSON lines
-    (streamed); the export itself is audited, as the API's is."""
-    if fmt not in ("csv", "jsonl"):
-        raise ValidationFailed("The format is csv or jsonl.")
+def _time_arg(name: str) -> datetime | None:
+    raw = request.args.get(name)
+    if not raw:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValidationFailed(f"{name} is not a date (YYYY-MM-DD) or time.", details={"field": name}) from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _audit_filter() -> tuple[AuditFilter, dict[str, str]]:
+    """The audit filter of this request's query (action, actor, user, case, since, until), every
+    id checked to be the actor's tenant's (another tenant's: 404)."""
     case_id, user_id = _uuid_arg("case"), _uuid_arg("user")
     action, actor = request.args.get("action") or None, request.args.get("actor") or None
     check_form_text({k: v for k, v in (("action", action), ("actor", actor)) if v})
+    since, until = _time_arg("since"), _time_arg("until")
     if case_id is not None:
         queries.require_case(g.actor, case_id)  # another tenant's id: 404, as everywhere
     if user_id is not None:
         describe_user(g.actor, user_id)
-    query = {k: str(v) for k, v in (("case", case_id), ("user", user_id), ("action", action), ("actor", actor)) if v}
+    assert g.actor.tenant_id is not None
+    query = {k: str(v) for k, v in (("case", case_id), ("user", user_id), ("action", action), ("actor", actor),
+                                    ("since", since), ("until", until)) if v}
+    return AuditFilter(tenant_id=g.actor.tenant_id, action=action, actor=actor, user=user_id, case=case_id,
+                       since=since, until=until), query
+
+
+@console.get("/audit")
+@agent_page
+def audit_page() -> Any:
+    """The audit view: filters, and the download of what they select."""
+    _flt, query = _audit_filter()
+    raw = {k: request.args.get(k, "") for k in ("action", "actor", "user", "case", "since", "until")}
+    return render_page("console/audit.html", agent=g.agent, values=raw, query=urlencode(
+        {k: v for k, v in raw.items() if v}), actions=sorted(a.value for a in AuditAction), filtered=bool(query))
+
+
+@console.get("/audit.<fmt>")
+@agent_page
+def audit_download(fmt: str) -> Any:
+    """The tenant's audit trail, filtered, as CSV or JSON lines (streamed); the export itself is
+    audited, as the API's is ("every admin-initiated MFA reset in the last 90 days")."""
+    if fmt not in ("csv", "jsonl"):
+        raise ValidationFailed("The format is csv or jsonl.")
+    flt, query = _audit_filter()
     record_event(g.actor, AuditAction.AUDIT_EXPORTED, details={"format": fmt, "door": "console", **query})
     db.session.commit()
-    assert g.actor.tenant_id is not None
-    flt = AuditFilter(tenant_id=g.actor.tenant_id, action=action, actor=actor, user=user_id, case=case_id)
     response = Response(stream_with_context(export_lines(flt, fmt)),
                         mimetype="text/csv" if fmt == "csv" else "application/x-ndjson")
     response.headers["Content-Disposition"] = f'attachment; filename="rekey-audit.{fmt}"'

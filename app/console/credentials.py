@@ -46,6 +46,7 @@ from app.crypto import decrypt, encrypt, hash_password, new_token, token_digest
 from app.errors import NotFound, RuleRefused
 from app.extensions import db, rows_changed, utcnow
 from app.tenants.models import Agent, Tenant
+from app.tenants.step_up import StepUpRequired, has_recent_second_factor
 
 INVITATION_TTL = timedelta(hours=24)
 CHALLENGE_TTL = timedelta(minutes=5)
@@ -153,6 +154,9 @@ def reset_agent_mfa(actor: Actor, agent: Agent, *, reason: str) -> int:
                           code="own_account", status=403)
     if not (reason or "").strip():
         raise RuleRefused("A reason is required.", code="reason_required")
+    if actor.via == "console" and not has_recent_second_factor(actor):
+        raise StepUpRequired("Resetting an agent's second factor needs a fresh check of yours: confirm it with "
+                             "your security key or authenticator app.", details={"action": "reset_agent_mfa"})
     now = utcnow()
     removed = rows_changed(update(AgentFactor).where(AgentFactor.agent_id == agent.id,
                                                      AgentFactor.status != "removed")
@@ -334,3 +338,33 @@ def check_key(session: AgentSession, agent: Agent, credential: dict[str, Any]) -
         raise FactorRefused("The security key's signature counter went backwards.", details={"problem": "sign_count"})
     factor.sign_count = verified.new_sign_count
     return factor
+
+
+def describe_agents(actor: Actor) -> list[dict[str, Any]]:
+    """The tenant's agents for a senior admin: role, whether a console password and which second
+    factors are set, and how many console sessions are live."""
+    if not actor.is_senior_admin:
+        raise RuleRefused("Only a senior admin sees the tenant's agents.", code="forbidden", status=403)
+    now = utcnow()
+    agents = db.session.scalars(select(Agent).where(Agent.tenant_id == actor.tenant_id).order_by(Agent.email)).all()
+    out = []
+    for agent in agents:
+        live = db.session.scalars(select(AgentSession.id).where(
+            AgentSession.agent_id == agent.id, AgentSession.revoked_at.is_(None),
+            AgentSession.expires_at > now)).all()
+        out.append({"id": agent.id, "email": agent.email, "name": agent.name, "role": agent.role,
+                    "active": agent.active, "password_set": db.session.get(AgentPassword, agent.id) is not None,
+                    "factors": [f.kind for f in active_factors(agent.id)], "sessions": len(live)})
+    return out
+
+
+def agent_of_tenant(actor: Actor, agent_id: uuid.UUID | str) -> Agent:
+    """The actor's tenant's agent with this id; another tenant's is NotFound."""
+    try:
+        aid = agent_id if isinstance(agent_id, uuid.UUID) else uuid.UUID(str(agent_id))
+    except ValueError as exc:
+        raise NotFound("No such agent.") from exc
+    agent = db.session.get(Agent, aid)
+    if agent is None or agent.tenant_id != actor.tenant_id:
+        raise NotFound("No such agent.")
+    return agent

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from app.accounts.models import Note
 from app.accounts.services import get_user
 from app.actor import Actor
-from app.extensions import db
+from app.extensions import db, utcnow
 from app.recovery import models as m
 from app.recovery.commands import AGENT_ACTIONS
 from app.recovery.models import CaseAction, RecoveryCase, VerificationCall
@@ -69,7 +69,8 @@ def open_calls(actor: Actor, case_id: uuid.UUID | str) -> list[dict[str, Any]]:
     """The case's verification calls still waiting for a code, with the attempts left."""
     case = load_case(actor, case_id)
     calls = db.session.scalars(select(VerificationCall).where(
-        VerificationCall.case_id == case.id, VerificationCall.status == "pending")
+        VerificationCall.case_id == case.id, VerificationCall.status.in_(("pending", "sent")),
+        VerificationCall.expires_at > utcnow())
         .order_by(VerificationCall.created_at.desc())).all()
     return [{"id": c.id, "method": c.method, "attempts_left": max(c.max_attempts - c.attempts, 0),
              "expires_at": c.expires_at} for c in calls]

@@ -15,6 +15,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
 
+import structlog
 from flask import current_app
 from sqlalchemy import func, select, text
 
@@ -29,6 +30,7 @@ from app.errors import RateLimited, RekeyError, Unauthenticated, ValidationFaile
 from app.extensions import db, utcnow
 from app.tenants.models import Agent, Tenant
 
+log = structlog.get_logger(__name__)
 PENDING_TTL = timedelta(minutes=5)  # the password step, or an enrolment, waits this long at most
 ENROL_TTL = timedelta(minutes=15)
 PENDING_MAX_FAILURES = 3
@@ -131,7 +133,10 @@ def _actor(agent: Agent, ip: str | None, request_id: str | None) -> Actor:
 def _fail(key: str, tenant: Tenant | None, slug: str, email: str, agent: Agent | None, ip: str | None,
           request_id: str | None, result: str, method: str) -> ConsoleSigninFailed:
     _record(tenant.id if tenant else None, key, agent, ip, result, method)
-    if agent is not None:
+    if agent is None:
+        # No chain to audit it in (or nobody it concerns): logged, and counted by the throttles.
+        log.warning("console_signin_failed", result=result, tenant_known=tenant is not None, ip=ip)
+    else:
         actor = _actor(agent, ip, request_id)
         record_event(actor, AuditAction.SIGNIN_FAILED, details={"result": result, "method": method,
                                                                 "door": "console"})

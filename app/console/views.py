@@ -254,3 +254,33 @@ def step_up_key() -> Any:
 def signout() -> Any:
     session.end()
     return redirect("/console/signin", code=303)
+
+
+# --- the tenant's agents (senior admins) -----------------------------------------------------------
+
+
+@console.get("/agents")
+@session.agent_page
+def agents_page() -> Any:
+    return render_page("console/agents.html", agent=g.agent, agents=credentials.describe_agents(g.actor))
+
+
+@console.post("/agents/<agent_id>/reset-mfa")
+@session.agent_page
+def reset_agent_mfa(agent_id: str) -> Any:
+    """A senior admin resets another agent's second factor (they enrol again at next sign-in)."""
+    form = _form()
+    target = credentials.agent_of_tenant(g.actor, agent_id)
+    try:
+        if form.get("step_up_code", "").strip():
+            signin.step_up_with_totp(g.console_session, g.agent, form["step_up_code"].strip())
+            g.actor = signin.console_actor(g.console_session, g.agent, g.actor.ip, g.actor.request_id)
+        credentials.reset_agent_mfa(g.actor, target, reason=form.get("reason", ""))
+    except RekeyError as exc:
+        if exc.keep_changes:
+            g.keep_changes = True
+        else:
+            db.session.rollback()
+        return render_page("console/agents.html", status=exc.status, agent=g.agent, error=exc.message,
+                           agents=credentials.describe_agents(g.actor))
+    return redirect("/console/agents", code=303)

@@ -44,6 +44,11 @@ PAGE_SIGNIN = "sign-in page: the tenant in the path, credentials checked inside 
 PAGE_PENDING = "sign-in page step 2: the pending sign-in's cookie, found only inside the tenant in the path"
 PAGE_SESSION = "signed-in page: the browser session's own user; another tenant's session is no session"
 PAGE_SESSION_ID = "signed-in page naming a key id: only the session's own keys exist"
+CONSOLE = "console: B's agent console session with A's ids in the path (or form)"
+CONSOLE_SELF = ("console sign-in and own session: the tenant named in the form, then the console session's own "
+                "agent (second factor, enrolment, step-up, sign-out); names no id")
+CONSOLE_LIST = "console: B's console session; the queue and the audit download are B's own"
+CONSOLE_INVITATION = "console invitation: the token is the credential"
 
 ROUTES: dict[tuple[str, str], str] = {
     ("/v1/admin/users/<user_id>", "GET"): AGENT,
@@ -105,6 +110,37 @@ ROUTES: dict[tuple[str, str], str] = {
     ("/readyz", "GET"): PUBLIC,
     ("/openapi.json", "GET"): PUBLIC,
     ("/static/<path:filename>", "GET"): PUBLIC,  # our CSS, script and the vendored htmx
+    # The agent console (issue 10).
+    ("/console/", "GET"): CONSOLE_SELF,
+    ("/console/signin", "GET"): CONSOLE_SELF,
+    ("/console/signin", "POST"): CONSOLE_SELF,
+    ("/console/signin/factor", "GET"): CONSOLE_SELF,
+    ("/console/signin/factor", "POST"): CONSOLE_SELF,
+    ("/console/signin/key/options", "POST"): CONSOLE_SELF,
+    ("/console/signin/key", "POST"): CONSOLE_SELF,
+    ("/console/enrol", "GET"): CONSOLE_SELF,
+    ("/console/enrol/totp", "POST"): CONSOLE_SELF,
+    ("/console/enrol/totp/confirm", "POST"): CONSOLE_SELF,
+    ("/console/enrol/key/options", "POST"): CONSOLE_SELF,
+    ("/console/enrol/key", "POST"): CONSOLE_SELF,
+    ("/console/step-up/key/options", "POST"): CONSOLE_SELF,
+    ("/console/step-up/key", "POST"): CONSOLE_SELF,
+    ("/console/signout", "POST"): CONSOLE_SELF,
+    ("/console/invitation/<token>", "GET"): CONSOLE_INVITATION,
+    ("/console/invitation/<token>", "POST"): CONSOLE_INVITATION,
+    ("/console/queue", "GET"): CONSOLE_LIST,
+    ("/console/audit", "GET"): CONSOLE_LIST,
+    ("/console/agents", "GET"): CONSOLE_LIST,
+    ("/console/agents/<agent_id>/reset-mfa", "POST"): CONSOLE,
+    ("/console/audit.<fmt>", "GET"): CONSOLE,
+    ("/console/cases/<case_id>", "GET"): CONSOLE,
+    ("/console/cases/<case_id>/live", "GET"): CONSOLE,
+    ("/console/cases/<case_id>/evidence", "POST"): CONSOLE,
+    ("/console/cases/<case_id>/calls", "POST"): CONSOLE,
+    ("/console/cases/<case_id>/calls/<call_id>/confirm", "POST"): CONSOLE,
+    ("/console/cases/<case_id>/actions/<action>", "POST"): CONSOLE,
+    ("/console/users/<user_id>", "GET"): CONSOLE,
+    ("/console/users/<user_id>/notes", "POST"): CONSOLE,
 }
 
 ACTIONS = ("force_mfa_reset", "generate_backup_codes", "set_temporary_password", "suspend_user", "approve",
@@ -597,3 +633,97 @@ def test_a_agents_reach_every_probed_object(client: Any, world: World) -> None:
             continue  # B's case and user are B's; A's agent rightly gets 404 there
         answer = _send(client, probe, a.senior.headers)
         assert answer.status_code != 404, (probe.name, answer.get_json())
+
+
+# --- the agent console (issue 10): B's console session aimed at A's objects --------------------
+
+
+def console_probes(a: Side, b: Side) -> list[Probe]:
+    """Every console route naming an id, with A's objects (and B's own case with A's call)."""
+    case, own = f"/console/cases/{a.case_id}", f"/console/cases/{b.case_id}"
+    probes = [
+        Probe(("/console/cases/<case_id>", "GET"), "A's case page", case),
+        Probe(("/console/cases/<case_id>/live", "GET"), "A's case, polled", f"{case}/live"),
+        Probe(("/console/cases/<case_id>/evidence", "POST"), "evidence on A's case", f"{case}/evidence",
+              {"type": "video_call", **VIDEO_CALL, "reason": "seen on video"}),
+        Probe(("/console/cases/<case_id>/evidence", "POST"), "refused evidence on A's case", f"{case}/evidence",
+              {"type": "email_match", "reason": "address matches"}),
+        Probe(("/console/cases/<case_id>/calls", "POST"), "a call on A's case", f"{case}/calls",
+              {"channel_id": a.channel_id, "method": "sms"}),
+        Probe(("/console/cases/<case_id>/calls", "POST"), "a call on B's case to A's phone", f"{own}/calls",
+              {"channel_id": a.channel_id, "method": "sms"}),
+        Probe(("/console/cases/<case_id>/calls/<call_id>/confirm", "POST"), "A's call",
+              f"{case}/calls/{a.call_id}/confirm", {"code": "12345678"}),
+        Probe(("/console/cases/<case_id>/calls/<call_id>/confirm", "POST"), "A's call on B's case",
+              f"{own}/calls/{a.call_id}/confirm", {"code": "12345678"}),
+        Probe(("/console/users/<user_id>", "GET"), "A's user's MFA tab", f"/console/users/{a.user_id}"),
+        Probe(("/console/users/<user_id>/notes", "POST"), "a note on A's user", f"/console/users/{a.user_id}/notes",
+              {"body": "Looked at this account."}),
+        Probe(("/console/audit.<fmt>", "GET"), "A's case's audit", f"/console/audit.csv?case={a.case_id}"),
+        Probe(("/console/agents/<agent_id>/reset-mfa", "POST"), "resetting A's agent's second factor",
+              f"/console/agents/{a.senior.agent.id}/reset-mfa", {"reason": "cross-tenant probe"}),
+        Probe(("/console/audit.<fmt>", "GET"), "A's user's audit", f"/console/audit.jsonl?user={a.user_id}"),
+    ]
+    for action in ACTIONS:
+        probes.append(Probe(("/console/cases/<case_id>/actions/<action>", "POST"), f"{action} on A's case",
+                            f"{case}/actions/{action}", {"reason": "cross-tenant probe", "confirm": "yes"}))
+    return probes
+
+
+def test_every_console_route_is_probed(world: World) -> None:
+    probed = {p.route for p in console_probes(world.a, world.b)}
+    assert probed == {route for route, kind in ROUTES.items() if kind == CONSOLE}
+
+
+@pytest.mark.parametrize("role", ["support_agent", "senior_admin"])
+def test_b_console_agents_get_404_for_every_object_of_a(app: Any, world: World, unchanged: Any, role: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.console import credentials
+    from tests.consolework import console_frozen_clock, console_sign_in, make_console_agent
+    from tests.webpages import form_token
+
+    clock = console_frozen_clock()
+    monkeypatch.setattr(credentials, "time", clock)
+    a, b = world.a, world.b
+    who = make_console_agent(app, world.factory, b.tenant, clock, role=role)
+    browser = app.test_client()
+    console_sign_in(browser, who, clock)
+    token = form_token(browser.get("/console/queue"))
+    for probe in console_probes(a, b):
+        with unchanged(a):
+            if probe.route[1] == "GET":
+                answer = browser.get(probe.url)
+            else:
+                answer = browser.post(probe.url, data={"csrf_token": token, **(probe.body or {})})
+            assert_page(answer, 404)
+        _no_leak(answer, a)
+    queue = browser.get("/console/queue")
+    assert queue.status_code == 200 and a.case_id not in queue.get_data(as_text=True)
+    _no_leak(queue, a)
+    with unchanged(a):
+        assert_page(browser.get(f"/console/audit?case={a.case_id}"), 404)
+    if role == "senior_admin":
+        agents = browser.get("/console/agents")
+        assert agents.status_code == 200
+        _no_leak(agents, a)
+        assert a.senior.agent.email not in agents.get_data(as_text=True)
+    everything = browser.get("/console/audit.jsonl")
+    assert everything.status_code == 200
+    _no_leak(everything, a)
+
+
+def test_a_agent_console_credentials_at_b_are_the_unknown_answer(app: Any, world: World, unchanged: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.console import credentials
+    from tests.consolework import AGENT_PASSWORD, console_frozen_clock, make_console_agent
+    from tests.webpages import form_token
+
+    clock = console_frozen_clock()
+    monkeypatch.setattr(credentials, "time", clock)
+    who = make_console_agent(app, world.factory, world.a.tenant, clock)
+    browser = app.test_client()
+    page = browser.get("/console/signin")
+    with unchanged(world.a):
+        answer = browser.post("/console/signin", data={"csrf_token": form_token(page), "tenant": world.b.tenant.slug,
+                                                       "email": who.agent.email, "password": AGENT_PASSWORD})
+    assert "not correct" in assert_page(answer, 401)

@@ -122,3 +122,33 @@ def test_screenshot_of_every_signin_page(world: Any, page: Any, shots: Path) -> 
     _shoot(page, shots, "account")
     page.get_by_role("link", name="Change your password").click()
     _shoot(page, shots, "password")
+# --- the agent console (issue 10) ------------------------------------------------------------------
+
+
+def _shoot_console(page: Any, folder: Path, name: str) -> None:
+    page.get_by_role("heading", level=1).wait_for()
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000, path
+    errors = [e for e in page.console_errors if not e.startswith("Failed to load resource: the server "
+                                                                 "responded with a status of 4")]
+    assert errors == [], (name, errors)
+    page.console_errors.clear()
+
+
+def test_screenshot_of_the_console(world: Any, browser: Any, live_server: Any, shots: Path) -> None:
+    from tests.browser.test_console import console_agent
+    from tests.recovery_steps import signin
+
+    c = cast(world, tenant_name="Acme Corp", display_name="Kim Lee")
+    for _ in range(2):
+        signin(world, c, "a mistyped password", ip="203.0.113.9")
+    verified = verified_case(world, c)
+    console, _ = console_agent(world, browser, live_server, c.tenant, login=c.agent)
+    console.goto("/console/queue")
+    _shoot_console(console, shots, "console-queue")
+    console.goto(f"/console/cases/{verified}")
+    _shoot_console(console, shots, "console-case")
+    console.goto(f"/console/users/{c.user.id}?case={verified}")
+    _shoot_console(console, shots, "console-mfa-tab")
+    console.context.close()

@@ -4,6 +4,7 @@ prompt before a destructive action, CSRF, tenant isolation and inert ticket text
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -164,3 +165,44 @@ def test_bad_input_is_a_4xx_page(app: Any, factory: Any, client: Any, console_cl
     who = make_console_agent(app, factory, factory.tenant(), console_clock)
     sign_in(client, who, console_clock)
     assert client.get(path).status_code in (400, 404)
+
+
+def test_audit_view_filters_and_downloads(app: Any, factory: Any, client: Any, console_clock: Any) -> None:
+    opened = open_case(factory, client)
+    who = make_console_agent(app, factory, opened.tenant, console_clock)
+    sign_in(client, who, console_clock)
+    text = assert_page(client.get("/console/audit?action=recovery.requested&since=2020-01-01"), 200)
+    assert "the filtered" in text
+    page = client.get("/console/audit?action=recovery.requested&since=2020-01-01").get_data(as_text=True)
+    assert "/console/audit.csv?action=recovery.requested&amp;since=2020-01-01" in page
+    lines = client.get("/console/audit.jsonl?action=recovery.requested&since=2020-01-01").get_data(as_text=True)
+    rows = [json.loads(line) for line in lines.splitlines() if line]
+    assert rows and {r["action"] for r in rows} == {"recovery.requested"}
+    assert client.get("/console/audit.jsonl?since=2999-01-01").get_data(as_text=True).strip() == ""
+    assert_page(client.get("/console/audit?since=yesterday"), 400)
+
+
+def test_senior_admin_resets_an_agents_second_factor(app: Any, factory: Any, client: Any, console_clock: Any,
+                                                     tune: Any) -> None:
+    tenant = factory.tenant()
+    senior = make_console_agent(app, factory, tenant, console_clock, role="senior_admin")
+    support = make_console_agent(app, factory, tenant, console_clock)
+    other = app.test_client()
+    sign_in(other, support, console_clock)
+    assert_page(other.get("/console/agents"), 403)  # support agents do not manage agents
+    sign_in(client, senior, console_clock)
+    page = client.get("/console/agents")
+    assert support.agent.email in assert_page(page, 200)
+    path = f"/console/agents/{support.agent.id}/reset-mfa"
+    tune(console_step_up_seconds=0)
+    answer = client.post(path, data={"csrf_token": form_token(page), "reason": "lost the phone"})
+    assert "fresh check" in assert_page(answer, 403)
+    tune(console_step_up_seconds=300)
+    answer = client.post(path, data={"csrf_token": form_token(page), "reason": "lost the phone",
+                                     "step_up_code": senior.code(console_clock)})
+    assert answer.status_code == 303
+    assert other.get("/console/queue").status_code == 303  # their session ended with the reset
+    from app.console.credentials import active_factors
+
+    with app.app_context():
+        assert active_factors(support.agent.id) == []
