@@ -36,11 +36,15 @@ def _issuer(raw: str) -> str:
         raise ValidationFailed("The issuer is a URL without query, fragment or credentials.",
                                details={"fields": {"issuer": ["No query, fragment or credentials."]}})
     try:
-        # The same guard as every outbound call: https, or http to an allow-listed host only.
+        # The same guard as every outbound call: https, or http to an allow-listed host only, and
+        # no private address. It runs again at every call (DNS may change); a name that does not
+        # resolve from here yet is not refused for that.
         check_destination(issuer, OutboundPolicy.from_env())
-    except (BlockedDestinationError, TransientDeliveryError) as exc:
+    except BlockedDestinationError as exc:
         raise ValidationFailed(f"Rekey cannot call this issuer: {exc}.",
                                details={"fields": {"issuer": [str(exc)]}}) from exc
+    except TransientDeliveryError:
+        pass
     return issuer
 
 
