@@ -40,6 +40,10 @@ PROVIDER = "provider callback: Twilio's signature; the call is found by Twilio's
 LINK = "signed link: the token is the credential, no tenant credential is involved"
 LINK_PAGE = "link page: the token is the credential and the tenant in the path must be the link's own"
 PUBLIC = "public: health, the API document and our static files, no tenant data"
+FEDERATED_PAGE = ("federated sign-in page: the tenant in the path; only its own identity providers can be "
+                  "started (tests/unit/pages/test_federated_signin.py)")
+OIDC_CALLBACK = ("OpenID callback: the state is the credential, found only inside the tenant in the path and "
+                 "bound to the browser that started it (tests/unit/recovery/test_federated.py)")
 
 ROUTES: dict[tuple[str, str], str] = {
     ("/v1/admin/users/<user_id>", "GET"): AGENT,
@@ -77,6 +81,11 @@ ROUTES: dict[tuple[str, str], str] = {
     ("/t/<tenant>/links/report/<token>", "POST"): LINK_PAGE,
     ("/t/<tenant>/links/cancel/<token>", "GET"): LINK_PAGE,
     ("/t/<tenant>/links/cancel/<token>", "POST"): LINK_PAGE,
+    ("/t/<tenant>/links/federated/<token>", "GET"): LINK_PAGE,
+    ("/t/<tenant>/links/federated/<token>", "POST"): LINK_PAGE,
+    ("/t/<tenant>/signin/federated", "GET"): FEDERATED_PAGE,
+    ("/t/<tenant>/signin/federated", "POST"): FEDERATED_PAGE,
+    ("/t/<tenant>/oidc/callback", "GET"): OIDC_CALLBACK,
     ("/healthz", "GET"): PUBLIC,
     ("/readyz", "GET"): PUBLIC,
     ("/openapi.json", "GET"): PUBLIC,
@@ -84,7 +93,7 @@ ROUTES: dict[tuple[str, str], str] = {
 }
 
 ACTIONS = ("force_mfa_reset", "generate_backup_codes", "set_temporary_password", "suspend_user", "approve",
-           "resume", "refuse", "reopen", "escalate", "send_follow_up", "close")
+           "resume", "refuse", "reopen", "escalate", "send_follow_up", "close", "send_federated_signin_link")
 
 
 def _app_routes(app: Any) -> set[tuple[str, str]]:
@@ -151,6 +160,12 @@ def agent_probes(a: Side, b: Side) -> list[Probe]:
                             f"{case}/actions/{action}",
                             {"reason": "cross-tenant probe", "backup_codes_unusable": "lost them too"}
                             if action == "force_mfa_reset" else {"reason": "cross-tenant probe"}))
+    probes.append(Probe(("/v1/admin/cases/<case_id>/actions/<action>", "POST"), "a federated link on A's case to "
+                        "A's phone", f"{case}/actions/send_federated_signin_link",
+                        {"reason": "cross-tenant probe", "channel_id": a.channel_id}))
+    probes.append(Probe(("/v1/admin/cases/<case_id>/actions/<action>", "POST"), "a federated link on B's case to "
+                        "A's phone", f"{own}/actions/send_federated_signin_link",
+                        {"reason": "cross-tenant probe", "channel_id": a.channel_id}))
     return probes
 
 
