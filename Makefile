@@ -14,8 +14,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 run: $(INSTALLED)
 	$(BIN)/rekey run
 
+# Both cores (pytest-xdist): a module's tests stay on one worker (module-scoped workers, brokers and
+# servers); worker gwN uses Redis db REKEY_TEST_REDIS_DB + N. `make test XDIST_ARGS=` runs serially.
+XDIST_ARGS ?= -n 2 --dist loadfile
 test: $(INSTALLED)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(XDIST_ARGS) $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

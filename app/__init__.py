@@ -39,7 +39,14 @@ def configure_logging(level: str) -> None:
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     """Build the Flask application from `settings` (default: the environment)."""
-    settings = settings or Settings()
+    if settings is None:
+        from app.config import ConfigError
+
+        try:
+            settings = Settings()
+        except ConfigError as exc:
+            # gunicorn and celery load the app from the environment: one line, no traceback.
+            raise SystemExit(f"rekey: {exc}") from None
     if settings.is_production and settings.development_secrets_in_use():
         raise InsecureConfiguration(
             "REKEY_ENV=production but these still hold development values: "
@@ -83,10 +90,17 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from app.pages import register_pages
 
     register_pages(app)
+    from app.console import register_console
+
+    register_console(app)
     from app.accounts import hooks
     from app.recovery.closing import EnrolmentPort
 
     hooks.register(app, EnrolmentPort())
+    from app.accounts import directory as _builtin  # noqa: F401  (registers the built-in directory kind)
+
+    _import_directory_modules(settings)
+
     _register_health(app)
 
     from tasks import celery_init_app
@@ -117,3 +131,11 @@ def _register_health(app: Flask) -> None:
         if all(v == "ok" for v in checks.values()):
             return jsonify({"status": "ready", "checks": checks})
         return error_response(503, "not_ready", "A dependency is unreachable.", {"checks": checks})
+
+
+def _import_directory_modules(settings: Settings) -> None:
+    """Import the modules that register more directory kinds (REKEY_DIRECTORY_MODULES)."""
+    import importlib
+
+    for name in filter(None, (part.strip() for part in settings.directory_modules.split(","))):
+        importlib.import_module(name)

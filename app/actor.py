@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,10 @@ class Actor:
     role: str | None = None
     ip: str | None = None
     request_id: str | None = None
+    # How an agent came in: `console` (a browser session with a second factor) or None (an API
+    # token); for a console actor, when it last passed a second factor (the step-up rule).
+    via: str | None = None
+    second_factor_at: datetime | None = None
 
     @classmethod
     def system(cls, tenant_id: uuid.UUID | None, request_id: str | None = None) -> Actor:

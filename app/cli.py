@@ -68,6 +68,13 @@ def _parse_time(value: str | None) -> datetime | None:
 @click.group()
 def main() -> None:
     """Rekey: account recovery that enforces the support runbook."""
+    from app.config import ConfigError
+
+    try:
+        Settings()  # an unusable setting is one line naming the variable, not a traceback
+    except ConfigError as exc:
+        click.echo(f"rekey: {exc}", err=True)
+        sys.exit(2)
 
 
 @main.group()
@@ -77,13 +84,32 @@ def db() -> None:
 
 @db.command("upgrade")
 @click.option("--revision", default="head")
-def db_upgrade(revision: str) -> None:
-    """Apply Alembic migrations up to REVISION (default head)."""
-    from app.migrate import upgrade
+@click.option("--no-create-role", is_flag=True,
+              help="Do not create or grant the application role (a hosted database that forbids CREATE "
+                   "ROLE): print the statements for the operator instead.")
+def db_upgrade(revision: str, no_create_role: bool) -> None:
+    """Apply Alembic migrations up to REVISION (default head), as the owner (DATABASE_MIGRATION_URL,
+    else DATABASE_URL); then create and grant the application role DATABASE_URL logs in as."""
+    from app.migrate import app_role_name, ensure_app_role, needs_app_role, upgrade
 
     settings = Settings()
-    upgrade(settings.database_url, revision)
-    click.echo(f"database at {revision}: {_redact(settings.database_url)}")
+    owner_url = settings.database_migration_url or settings.database_url
+    upgrade(owner_url, revision)
+    click.echo(f"database at {revision}: {_redact(owner_url)}")
+    if not needs_app_role(settings.database_url, settings.database_migration_url):
+        return
+    try:
+        role = app_role_name(settings.database_url, settings.database_app_role)
+    except ValueError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    statements = ensure_app_role(settings.database_url, owner_url, role=role, create=not no_create_role)
+    if no_create_role:
+        click.echo(f"-- run as the database owner for the application role {role}:")
+        for statement in statements:
+            click.echo(f"{statement};")
+    else:
+        click.echo(f"application role {role}: INSERT and SELECT only on audit_events")
 
 
 def _redact(url: str) -> str:
@@ -143,13 +169,18 @@ def agent_create(tenant_slug: str, email: str, name: str | None, role: str, exte
                  federated: tuple[str, ...], as_json: bool) -> None:
     """Create an agent; prints its API token once. The agent may never act on the recovery of a
     user with the same mailbox, external id or federated subject."""
+    from app.actor import Actor
+    from app.console.credentials import invite_agent
     from app.tenants.services import create_agent, get_tenant_by_slug
 
     created, token = create_agent(get_tenant_by_slug(tenant_slug), email=email, name=name or email, role=role,
                                   external_id=external_id, federated=[_issuer_subject(f) for f in federated])
-    _emit({"id": str(created.id), "email": created.email, "role": created.role, "token": token}, as_json,
+    invitation = invite_agent(Actor.system(created.tenant_id), created)
+    _emit({"id": str(created.id), "email": created.email, "role": created.role, "token": token,
+           "invitation": invitation}, as_json,
           f"agent {created.email} ({created.role}) id={created.id}\n"
-          f"token (shown once, store it now): {token}")
+          f"token (shown once, store it now): {token}\n"
+          f"{_console_how_to(invitation)}")
 
 
 def _issuer_subject(item: str) -> tuple[str, str]:
@@ -242,9 +273,24 @@ def audit_export(tenant_slug: str, action: str | None, actor: str | None, user_i
 
 @audit.command("verify")
 @click.option("--tenant", "tenant_slug", default=None, help="One tenant (default: every tenant).")
+@click.option("--checkpoints", "checkpoint_dir", default=None, type=click.Path(file_okay=False),
+              help="Also check the rows against the signed checkpoints in DIR.")
+@click.option("--export", "export_file", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="Verify an unfiltered JSON-lines export instead of the database (no database access; "
+                   "needs --checkpoints and --public-key).")
+@click.option("--public-key", "public_key", default=None,
+              help="The checkpoints' Ed25519 public key (a PEM file or text); default: REKEY_AUDIT_PUBLIC_KEY, "
+                   "else the signing key's.")
 @click.option("--json", "as_json", is_flag=True)
-def audit_verify(tenant_slug: str | None, as_json: bool) -> None:
-    """Recompute the hash chains; exit 1 naming the first broken seq."""
+def audit_verify(tenant_slug: str | None, checkpoint_dir: str | None, export_file: str | None,
+                 public_key: str | None, as_json: bool) -> None:
+    """Recompute the hash chains (and check the signed checkpoints); exit 1 naming the first broken
+    seq or checkpoint."""
+    if export_file:
+        if not (checkpoint_dir and public_key):
+            raise click.BadParameter("--export needs --checkpoints and --public-key")
+        _verify_offline(export_file, checkpoint_dir, public_key, as_json)
+        return
     from sqlalchemy import select
 
     from app.audit.services import verify_chain
@@ -252,6 +298,9 @@ def audit_verify(tenant_slug: str | None, as_json: bool) -> None:
     from app.tenants.models import Tenant
 
     app = _app()
+    key = None
+    if checkpoint_dir:
+        key = _checkpoint_key(public_key, app.extensions["rekey.settings"])
     with app.app_context():
         stmt = select(Tenant).order_by(Tenant.slug)
         if tenant_slug:
@@ -260,15 +309,144 @@ def audit_verify(tenant_slug: str | None, as_json: bool) -> None:
         if tenant_slug and not tenants:
             click.echo(f"no tenant {tenant_slug!r}", err=True)
             sys.exit(2)
-        reports = [(t.slug, verify_chain(t.id)) for t in tenants]
+        reports = []
+        for t in tenants:
+            if checkpoint_dir:
+                reports.append((t.slug, _verify_with_checkpoints(t.id, checkpoint_dir, key)))
+            else:
+                reports.append((t.slug, verify_chain(t.id)))
+        database.session.remove()
+        database.engine.dispose()
+    _print_reports(reports, as_json)
+
+
+def _checkpoint_key(public_key: str | None, settings: Any) -> Any:
+    from app.audit.checkpoints import CheckpointError, parse_public_key, verifying_key
+
+    try:
+        key = parse_public_key(public_key) if public_key else verifying_key(settings)
+    except CheckpointError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    if key is None:
+        click.echo("no public key: give --public-key, or set REKEY_AUDIT_PUBLIC_KEY", err=True)
+        sys.exit(2)
+    return key
+
+
+def _verify_with_checkpoints(tenant_id: uuid.UUID, directory: str, key: Any) -> Any:
+    from app.audit.checkpoints import CheckpointError, read_log
+    from app.audit.services import ChainReport, verify_chain
+
+    try:
+        log = read_log(directory, key, tenant_id)
+    except CheckpointError as exc:
+        return ChainReport(tenant_id, 0, False, None, f"broken checkpoint: {exc}", 0)
+    return verify_chain(tenant_id, checkpoints=log)
+
+
+def _print_reports(reports: list[tuple[str, Any]], as_json: bool) -> None:
     broken = [r for _, r in reports if not r.ok]
     if as_json:
         click.echo(json.dumps([{"tenant": slug, **r.as_dict()} for slug, r in reports], sort_keys=True))
     else:
         for slug, r in reports:
-            state = "ok" if r.ok else f"BROKEN at seq {r.first_broken_seq}: {r.problem}"
-            click.echo(f"{slug}: {r.events} events, {state}")
+            state = "ok" if r.ok else (f"BROKEN at seq {r.first_broken_seq}: {r.problem}"
+                                       if r.first_broken_seq is not None else f"BROKEN: {r.problem}")
+            signed = f", {r.checkpoints} signed checkpoints matched" if r.checkpoints is not None and r.ok else ""
+            click.echo(f"{slug}: {r.events} events, {state}{signed}")
     sys.exit(1 if broken else 0)
+
+
+def _verify_offline(export_file: str, checkpoint_dir: str, public_key: str, as_json: bool) -> None:
+    """An auditor's check with only the export, the checkpoint files and the public key."""
+    from app.audit.checkpoints import CheckpointError, parse_public_key, read_log
+    from app.audit.services import ChainReport, verify_rows
+
+    try:
+        key = parse_public_key(public_key)
+    except CheckpointError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    with open(export_file, encoding="utf-8") as handle:
+        first = handle.readline()
+        if not first.strip():
+            click.echo(f"{export_file} is empty", err=True)
+            sys.exit(2)
+        try:
+            tenant_id = uuid.UUID(json.loads(first)["tenant_id"])
+        except (ValueError, KeyError, TypeError):
+            click.echo(f"{export_file} is not a JSON-lines audit export", err=True)
+            sys.exit(2)
+        try:
+            log = read_log(checkpoint_dir, key, tenant_id)
+        except CheckpointError as exc:
+            _print_reports([(str(tenant_id), ChainReport(tenant_id, 0, False, None, f"broken checkpoint: {exc}",
+                                                         0))], as_json)
+            return
+        last = {"seq": 0}
+
+        def rows() -> Any:
+            for number, raw in enumerate([first, *handle], start=1):
+                try:
+                    row = json.loads(raw)
+                except ValueError:
+                    raise click.ClickException(f"line {number} of {export_file} is not JSON") from None
+                if row.get("tenant_id") != str(tenant_id):
+                    raise click.ClickException(f"line {number} of {export_file} is another tenant's: the "
+                                               "export must be one tenant's, unfiltered")
+                last["seq"] = row.get("seq", 0)
+                yield row
+
+        failure, count, _ = verify_rows(tenant_id, rows(), checkpoints=log)
+    checked = len(log.up_to(count).points)
+    report = failure or ChainReport(tenant_id, count, True, checkpoints=checked)
+    _print_reports([(str(tenant_id), report)], as_json)
+
+
+@audit.command("checkpoint")
+@click.option("--json", "as_json", is_flag=True)
+def audit_checkpoint(as_json: bool) -> None:
+    """Sign a checkpoint now for every tenant whose chain moved (what beat does every 5 minutes)."""
+    from app.audit.checkpoints import SigningKeyError, write_checkpoints
+    from app.extensions import db as database
+
+    app = _app()
+    settings = app.extensions["rekey.settings"]
+    with app.app_context():
+        try:
+            result = write_checkpoints(settings)
+            database.session.commit()
+        except SigningKeyError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(2)
+        finally:
+            database.session.remove()
+            database.engine.dispose()
+    written = [{"tenant_id": p.tenant_id, "number": p.number, "seq": p.seq, "digest": p.digest}
+               for p in result.written]
+    _emit({"written": written, "refused": result.refused, "directory": settings.audit_checkpoint_dir}, as_json,
+          "\n".join([f"checkpoint #{p['number']} of tenant {p['tenant_id']} at seq {p['seq']}" for p in written]
+                    + [f"REFUSED {problem}" for problem in result.refused]
+                    + [f"{len(written)} checkpoints written to {settings.audit_checkpoint_dir}"]))
+    sys.exit(1 if result.refused else 0)
+
+
+@audit.command("public-key")
+def audit_public_key() -> None:
+    """Print the checkpoints' Ed25519 public key (PEM) for auditors."""
+    from app.audit.checkpoints import CheckpointError, SigningKeyError, public_key_pem, verifying_key
+
+    try:
+        key = verifying_key(_app().extensions["rekey.settings"])
+    except (CheckpointError, SigningKeyError) as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    if key is None:
+        click.echo("no key: set REKEY_AUDIT_PUBLIC_KEY or REKEY_AUDIT_SIGNING_KEY "
+                   "(development: run `rekey audit checkpoint` once)", err=True)
+        sys.exit(2)
+    click.echo(public_key_pem(key), nl=False)
 
 
 @main.group()
@@ -473,3 +651,77 @@ def idp_list(tenant_slug: str, as_json: bool) -> None:
              "created_at": p.created_at.isoformat()} for p in list_identity_providers(found.id)]
     _emit(rows, as_json, "\n".join(f"{r['name']}  {r['issuer']}  client_id={r['client_id']}  id={r['id']}"
                                    for r in rows) or "no identity providers")
+# --- the agent console (issue 10) ----------------------------------------------------------
+
+
+def _console_how_to(invitation: str) -> str:
+    return (f"console invitation (one-time, valid 24 hours; send it to the agent only): {invitation}\n"
+            "The agent opens it, chooses a console password, then signs in at the console (tenant, email, "
+            "password) and sets up a second factor, a security key or an authenticator app, at the first "
+            "sign-in. The API token above stays for scripts and integrations.")
+
+
+def _agent_of(tenant_slug: str, email: str) -> Any:
+    from sqlalchemy import select
+
+    from app.emails import normalize_email
+    from app.errors import NotFound
+    from app.extensions import db as database
+    from app.tenants.models import Agent
+    from app.tenants.services import get_tenant_by_slug
+
+    tenant = get_tenant_by_slug(tenant_slug)
+    found = database.session.scalars(select(Agent).where(Agent.tenant_id == tenant.id,
+                                                         Agent.email == normalize_email(email))).first()
+    if found is None:
+        raise NotFound("No such agent in the tenant.")
+    return found
+
+
+@agent.command("invite")
+@click.option("--tenant", "tenant_slug", required=True)
+@click.option("--email", required=True)
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def agent_invite(tenant_slug: str, email: str, as_json: bool) -> None:
+    """Issue a new one-time console invitation (24 hours) to set the password; earlier ones stop working."""
+    from app.actor import Actor
+    from app.console.credentials import invite_agent
+
+    found = _agent_of(tenant_slug, email)
+    invitation = invite_agent(Actor.system(found.tenant_id), found)
+    _emit({"id": str(found.id), "invitation": invitation}, as_json, _console_how_to(invitation))
+
+
+@agent.command("revoke-sessions")
+@click.option("--tenant", "tenant_slug", required=True)
+@click.option("--email", required=True)
+@click.option("--reason", required=True)
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def agent_revoke_sessions(tenant_slug: str, email: str, reason: str, as_json: bool) -> None:
+    """End every console session of the agent (audited)."""
+    from app.actor import Actor
+    from app.console.credentials import revoke_agent_sessions
+
+    found = _agent_of(tenant_slug, email)
+    count = revoke_agent_sessions(Actor.system(found.tenant_id), found, reason=reason)
+    _emit({"id": str(found.id), "sessions_revoked": count}, as_json, f"{count} console session(s) ended")
+
+
+@agent.command("reset-mfa")
+@click.option("--tenant", "tenant_slug", required=True)
+@click.option("--email", required=True)
+@click.option("--reason", required=True)
+@click.option("--json", "as_json", is_flag=True)
+@in_app
+def agent_reset_mfa(tenant_slug: str, email: str, reason: str, as_json: bool) -> None:
+    """Remove the agent's console second factors and end their sessions (audited); they enrol a new
+    one at their next sign-in."""
+    from app.actor import Actor
+    from app.console.credentials import reset_agent_mfa
+
+    found = _agent_of(tenant_slug, email)
+    removed = reset_agent_mfa(Actor.system(found.tenant_id), found, reason=reason)
+    _emit({"id": str(found.id), "factors_removed": removed}, as_json,
+          f"{removed} second factor(s) removed; the agent enrols a new one at the next console sign-in")

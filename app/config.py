@@ -46,6 +46,38 @@ def url_host_problem(url: str) -> str | None:
     return "has an IP address for its host; WebAuthn needs a host name (e.g. localhost)"
 
 
+class ConfigError(ValueError):
+    """A setting Rekey cannot use. The message is one line that names the variable."""
+
+
+# The drivers Rekey installs: psycopg 3 for PostgreSQL, the standard library's sqlite3.
+DATABASE_DRIVERS = ("postgresql+psycopg", "sqlite", "sqlite+pysqlite")
+
+
+def database_url_from(raw: str, variable: str = "DATABASE_URL") -> str:
+    """`raw` as a URL SQLAlchemy can open with the drivers Rekey installs. The `postgres://` and
+    `postgresql://` URLs hosts hand out (Heroku, Render, Railway...) name no driver, and SQLAlchemy
+    would reach for psycopg2: they are mapped to psycopg 3. Anything else unusable is a ConfigError
+    whose one-line message names `variable` (never the URL itself: it may hold a password)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    value = raw.strip()
+    scheme, sep, rest = value.partition("://")
+    if not sep or not scheme:
+        raise ConfigError(f"{variable} is not a database URL (expected postgresql://user:password@host/name)")
+    if scheme.lower() in ("postgres", "postgresql"):
+        value = f"postgresql+psycopg://{rest}"
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError(f"{variable} is not a usable database URL ({type(exc).__name__})") from None
+    if url.drivername not in DATABASE_DRIVERS:
+        raise ConfigError(f"{variable} names the driver {url.drivername!r}, which Rekey does not install: "
+                          "use postgresql://, postgresql+psycopg:// or sqlite:///")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """The settings a process reads once at start; tests build their own."""
@@ -113,6 +145,35 @@ class Settings:
     # Optional SIEM sink for audit events (Standard Webhooks-signed POSTs).
     siem_url: str = field(default_factory=lambda: _env("REKEY_SIEM_URL", ""))
     siem_secret: str = field(default_factory=lambda: _env("REKEY_SIEM_SECRET", ""), repr=False)
+    # Modules imported at start that register directory kinds (integrations/directory/registry.py)
+    # beyond the built-in ones, comma separated (a deployment's own adapter; the tests' `memory`).
+    directory_modules: str = field(default_factory=lambda: _env("REKEY_DIRECTORY_MODULES", ""))
+    # The agent console: a session unused this long ends, none lives longer than the absolute
+    # lifetime, and a destructive action needs a second factor passed within the step-up window.
+    console_idle_timeout_seconds: int = field(
+        default_factory=lambda: _int("REKEY_CONSOLE_IDLE_TIMEOUT_SECONDS", 900))
+    console_session_ttl_seconds: int = field(
+        default_factory=lambda: _int("REKEY_CONSOLE_SESSION_TTL_SECONDS", 8 * 3600))
+    console_step_up_seconds: int = field(default_factory=lambda: _int("REKEY_CONSOLE_STEP_UP_SECONDS", 300))
+    # Signed audit checkpoints: the Ed25519 private key (PEM text, a file holding it, or base64 of
+    # its 32 raw bytes; only the checkpoint writer needs it), the public key verifiers use
+    # (default: the private key's), and the directory of append-only checkpoint files.
+    audit_signing_key: str = field(default_factory=lambda: _env("REKEY_AUDIT_SIGNING_KEY", ""), repr=False)
+    audit_public_key: str = field(default_factory=lambda: _env("REKEY_AUDIT_PUBLIC_KEY", ""))
+    audit_checkpoint_dir: str = field(
+        default_factory=lambda: _env("REKEY_AUDIT_CHECKPOINT_DIR", str(INSTANCE_DIR / "audit-checkpoints")))
+    # Where development keeps its generated signing key (never used in production).
+    audit_dev_key_path: str = field(
+        default_factory=lambda: _env("REKEY_AUDIT_DEV_KEY_PATH", str(INSTANCE_DIR / "audit-signing-key.pem")))
+    # The database owner's URL, for migrations only; the app connects with DATABASE_URL as a role
+    # with only the privileges it needs. Empty: one URL for both (development).
+    database_migration_url: str = field(default_factory=lambda: _env("DATABASE_MIGRATION_URL", ""), repr=False)
+    # The application role `rekey db upgrade` creates and grants (default: DATABASE_URL's user).
+    database_app_role: str = field(default_factory=lambda: _env("REKEY_DATABASE_APP_ROLE", ""))
+
+    def __post_init__(self) -> None:
+        # Every way a Settings is built (the environment, `replace` in tests) gets a usable URL.
+        object.__setattr__(self, "database_url", database_url_from(self.database_url))
 
     @property
     def is_production(self) -> bool:

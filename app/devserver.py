@@ -335,6 +335,10 @@ def run(settings: Settings | None = None) -> int:
             started = ", ".join(f"{c.name} pid={c.pid}" for c in supervisor.children)
             say(f"web: {url} (health: {url}/healthz, {url}/readyz; API: {url}/openapi.json)")
             say(f"pages: {public}/t/<tenant>/ (the links in notices open {public}/t/<tenant>/links/...)")
+            say(f"sign-in page: {public}/t/<tenant>/signin (then enrolment at /t/<tenant>/enrol, account "
+                f"security at /t/<tenant>/account; <tenant> is the tenant's slug)")
+            say(f"agent console: {public}/console/ (agents sign in with the invitation `rekey agent create` "
+                "or `rekey agent invite` prints)")
             say(f"started {started}; Ctrl-C stops them all")
         return _supervise(supervisor, settings, url, received)
     finally:

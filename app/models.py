@@ -16,6 +16,13 @@ from app.accounts.models import (  # noqa: F401
     WebAuthnCredential,
 )
 from app.audit.models import AuditEvent, AuditHead  # noqa: F401
+from app.console.models import (  # noqa: F401
+    AgentFactor,
+    AgentInvitation,
+    AgentPassword,
+    AgentSession,
+    AgentSigninAttempt,
+)
 from app.federation.models import FederatedSignin, IdentityProvider  # noqa: F401
 from app.intake.models import Integration, WebhookDelivery  # noqa: F401
 from app.jobs.models import DeadLetter, Effect, OutboxMessage  # noqa: F401
@@ -26,4 +33,4 @@ from app.recovery.models import (  # noqa: F401
     RecoveryLink,
     VerificationCall,
 )
-from app.tenants.models import Agent, AgentIdentity, AgentToken, Tenant  # noqa: F401
+from app.tenants.models import Agent, AgentIdentity, AgentToken, Tenant, TenantDirectory  # noqa: F401

@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.config import Settings
 from integrations.base import TransientDeliveryError
+from integrations.directory import TransientDirectoryError
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +35,7 @@ class TransientError(Exception):
 
 # Worth another try: the network, a dropped database connection, a peer's 5xx/429/timeout.
 TRANSIENT = (TransientError, TransientDeliveryError, requests.ConnectionError, requests.Timeout,
-             OperationalError, ConnectionError, TimeoutError)
+             OperationalError, ConnectionError, TimeoutError, TransientDirectoryError)
 
 VISIBILITY_TIMEOUT = 3600
 TASK_TIME_LIMIT = 300
@@ -80,6 +81,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "expire-sealed-secrets": {"task": "rekey.recovery.expire_sealed_secrets", "schedule": 600.0},
             "purge-deliveries": {"task": "rekey.intake.purge_deliveries", "schedule": 3600.0},
             "purge-signins": {"task": "rekey.accounts.purge_signins", "schedule": 3600.0},
+            "audit-checkpoint": {"task": "rekey.audit.checkpoint", "schedule": 300.0},
+            "poll-directory-enrolments": {"task": "rekey.recovery.poll_enrolments", "schedule": 60.0},
+            "sync-directories": {"task": "rekey.directory.sync", "schedule": 3600.0},
         },
         "timezone": "UTC",
     }
@@ -140,9 +144,24 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     celery.config_from_object(celery_config(settings))
     celery.set_default()
     app.extensions["celery"] = celery
+    _refuse_beat_without_signing_key(settings)
     import tasks.accounts  # noqa: F401  (registers the shared tasks)
     import tasks.audit  # noqa: F401
     import tasks.outbox  # noqa: F401
     import tasks.recovery  # noqa: F401
 
     return celery
+
+
+def _refuse_beat_without_signing_key(settings: Settings) -> None:
+    """Production's beat schedules the signed audit checkpoints: it refuses to start when the
+    checkpoint writer could not sign them (the web process needs no key and never checks)."""
+    from celery.signals import beat_init
+
+    def check(**_: Any) -> None:
+        from app.audit.checkpoints import load_signing_key
+
+        if settings.is_production:
+            load_signing_key(settings)  # raises SigningKeyError, naming REKEY_AUDIT_SIGNING_KEY
+
+    beat_init.connect(check, weak=False)

@@ -78,9 +78,9 @@ def follow_up(case_id: str) -> bool:
 
 
 @shared_task(name="rekey.recovery.post_ticket_comment")
-def post_ticket_comment(case_id: str) -> str | None:
-    """Post the status comment to the originating ticket."""
-    return comments.post_ticket_comment(uuid.UUID(case_id))
+def post_ticket_comment(case_id: str, request_id: str | None = None) -> str | None:
+    """Post the status comment to the originating ticket (or to the joining ticket `request_id`)."""
+    return comments.post_ticket_comment(uuid.UUID(case_id), uuid.UUID(request_id) if request_id else None)
 
 
 @shared_task(name="rekey.recovery.run_scheduled")
@@ -101,3 +101,21 @@ def send_federated_signin_link(signin_id: str) -> bool:
     from app.recovery.federated import deliver_federated_signin_link
 
     return deliver_federated_signin_link(uuid.UUID(signin_id))
+@shared_task(name="rekey.recovery.suspend_in_directory")
+def suspend_in_directory(case_id: str, user_id: str) -> bool:
+    """Suspend in an external directory a user Rekey suspended (retried until it answers)."""
+    return closing.suspend_in_directory(uuid.UUID(case_id), uuid.UUID(user_id))
+
+
+@shared_task(name="rekey.recovery.poll_enrolments")
+def poll_enrolments() -> int:
+    """Beat: close the cases whose external-directory users enrolled a new factor."""
+    return closing.poll_enrolments()
+
+
+@shared_task(name="rekey.directory.sync")
+def sync_directories() -> int:
+    """Beat: mirror the channels of external directories' users (first sightings recorded)."""
+    from app.accounts.sync import sync_all
+
+    return sync_all()

@@ -21,7 +21,10 @@ from tests.services import (
 
 # The Redis database of the test suite's shared broker; a developer's own data in db 0 is never
 # touched. Two test sessions on one machine (two checkouts) each set their own.
-BROKER_REDIS_DB = int(os.environ.get("REKEY_TEST_REDIS_DB", "11"))
+# Under pytest-xdist (`make test`: -n 2) worker gwN uses db REKEY_TEST_REDIS_DB + N, so two workers
+# never share a queue (PostgreSQL databases are already one per worker session: uniquely named).
+XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+BROKER_REDIS_DB = int(os.environ.get("REKEY_TEST_REDIS_DB", "11")) + XDIST_WORKER
 TEST_KEY = "K0wDXEU4b1bSyh3yX2bfO9IrMbJbzxX9wUU6F4E_jps="
 
 

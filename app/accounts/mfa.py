@@ -179,6 +179,23 @@ def issue_backup_codes(actor: Actor, user: User, *, reason: str | None = None,
     """Replace every unused code with a fresh set of ten; returns the codes (shown once).
     `case_id` names the recovery case an admin generated them for, and `extra` adds (non-secret)
     facts of that decision, in the audit trail."""
+    batch, codes = replace_backup_codes(user)
+    record_event(actor, AuditAction.BACKUP_CODES_GENERATED, tenant_id=user.tenant_id,
+                 target_user_id=user.id, case_id=case_id, reason=reason,
+                 details=backup_codes_event_details(actor, batch, extra))
+    return codes
+
+
+def backup_codes_event_details(actor: Actor, batch: uuid.UUID | str,
+                               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The `mfa.backup_codes_generated` details, the same whoever records the event."""
+    return {"count": BACKUP_CODE_COUNT, "batch_id": str(batch),
+            "by": "admin" if actor.type == "agent" else actor.type, **(extra or {})}
+
+
+def replace_backup_codes(user: User) -> tuple[uuid.UUID, list[str]]:
+    """Revoke every unused code and store a fresh batch of ten (flushed, not audited: the caller
+    records the event in the same transaction); returns the batch id and the codes."""
     now = utcnow()
     db.session.execute(
         update(BackupCode)
@@ -199,11 +216,15 @@ def issue_backup_codes(actor: Actor, user: User, *, reason: str | None = None,
         db.session.add(BackupCode(user_id=user.id, batch_id=batch, lookup=code[:LOOKUP_LEN],
                                   hash=hash_code(code), created_at=now))
     db.session.flush()
-    record_event(actor, AuditAction.BACKUP_CODES_GENERATED, tenant_id=user.tenant_id,
-                 target_user_id=user.id, case_id=case_id, reason=reason,
-                 details={"count": BACKUP_CODE_COUNT, "batch_id": str(batch),
-                          "by": "admin" if actor.type == "agent" else actor.type, **(extra or {})})
-    return codes
+    return batch, codes
+
+
+def regenerate_backup_codes(actor: Actor, user: User, session: UserSession) -> list[str]:
+    """The user's own regeneration (API and account page): ten new codes, shown once. A recovery
+    session must enrol a real factor before it may mint new codes."""
+    if session.scope != "full" and not active_factors(user):
+        raise Forbidden("Enrol a factor before regenerating backup codes.", code="restricted_session")
+    return issue_backup_codes(actor, user)
 
 
 def revoke_backup_code_batch(user: User, batch_id: uuid.UUID) -> int:
@@ -241,15 +262,21 @@ def consume_backup_code(user: User, raw: str) -> bool:
 # --- password -------------------------------------------------------------------------------
 
 
+def password_change_forced(user: User, session: UserSession) -> bool:
+    """Whether this session may set a new password without the current one: it was opened by a
+    must-change (temporary) password."""
+    identity = user.password
+    # Only a session opened after the must-change password was set has proven it; an older one
+    # (or one stolen before an admin set a temporary password) must still present it.
+    return identity is not None and identity.must_change and session.created_at >= identity.set_at
+
+
 def change_password(actor: Actor, user: User, session: UserSession, *, new_password: str,
                     current_password: str | None) -> None:
     """Set a password the user chose. A session opened by a must-change (temporary) password has
     already proven it; any other session must present the current one."""
     identity = user.password
-    # Only a session opened after the must-change password was set has proven it; an older one
-    # (or one stolen before an admin set a temporary password) must still present it.
-    forced = (identity is not None and identity.must_change
-              and session.created_at >= identity.set_at)
+    forced = password_change_forced(user, session)
     if (identity is not None and not forced
             and not verify_password(identity.hash, current_password or "")):
         raise RuleRefused("The current password is not correct.", code="invalid_credentials")

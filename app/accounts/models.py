@@ -11,7 +11,8 @@ from app.extensions import JSONType, UTCDateTime, db, new_id, utcnow
 
 class User(db.Model):  # type: ignore[name-defined]
     __tablename__ = "users"
-    __table_args__ = (UniqueConstraint("tenant_id", "email"),)
+    __table_args__ = (UniqueConstraint("tenant_id", "email"),
+                      Index("ix_users_directory_ref", "tenant_id", "directory_ref"))
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), index=True)
@@ -27,6 +28,10 @@ class User(db.Model):  # type: ignore[name-defined]
     # sign-in without a factor is refused, and no factor can be enrolled, until a case of the
     # user is verified again (the recovery layer sets and clears it; see app/recovery/state.py).
     enrolment_closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Where the user lives (issue 11): `builtin`, or the kind of the tenant's external directory,
+    # whose own id for the user is `directory_ref` (the row mirrors it so cases keep their key).
+    directory_kind: Mapped[str] = mapped_column(String(32), default="builtin", server_default="builtin")
+    directory_ref: Mapped[str | None] = mapped_column(String(200))
 
     password: Mapped[PasswordIdentity | None] = relationship(back_populates="user", uselist=False)
     channels: Mapped[list[Channel]] = relationship(back_populates="user", order_by="Channel.added_at")
@@ -80,6 +85,9 @@ class Channel(db.Model):  # type: ignore[name-defined]
     # accepted for verification again until a senior admin marks it trusted, with a reason.
     compromised_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     compromised_case_id: Mapped[uuid.UUID | None] = mapped_column()
+    # When Rekey first saw the channel in an external directory that keeps no date (issue 11):
+    # `added_at` is then this (or a date an admin imported), so the channel-age rule still holds.
+    first_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     user: Mapped[User] = relationship(back_populates="channels")
 

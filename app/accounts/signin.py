@@ -380,3 +380,12 @@ def purge_expired() -> int:
     cutoff = utcnow() - PURGE_AFTER
     gone = rows_changed(delete(WebAuthnChallenge).where(WebAuthnChallenge.expires_at < cutoff))
     return gone + rows_changed(delete(PendingSignin).where(PendingSignin.expires_at < cutoff))
+
+
+def pending_methods(tenant: Tenant, pending_token: str) -> tuple[str, ...]:
+    """The second factors a live pending sign-in may finish with (the sign-in page's step 2);
+    `SigninExpired` when it is unknown, used, expired or another tenant's."""
+    pending = _pending(tenant, pending_token)
+    user = db.session.get(User, pending.user_id)
+    assert user is not None
+    return methods_of(user)

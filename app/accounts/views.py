@@ -33,7 +33,6 @@ from app.accounts.schemas import (
     WebAuthnOptionsOut,
 )
 from app.accounts.services import (
-    active_factors,
     add_note,
     backup_codes_remaining,
     channel_view,
@@ -41,7 +40,7 @@ from app.accounts.services import (
     get_user,
     trust_channel,
 )
-from app.errors import Forbidden, NotFound, Unauthenticated
+from app.errors import NotFound, Unauthenticated
 from app.extensions import db
 from app.tenants.models import Tenant
 from app.tenants.services import get_tenant_by_slug
@@ -227,10 +226,7 @@ def remove_security_key(key_id: str) -> Any:
 def regenerate_backup_codes() -> Any:
     """Replace all backup codes with ten new ones, shown once."""
     user = _user()
-    if g.user_session.scope != "full" and not active_factors(user):
-        # A recovery session must enrol a real factor before it may mint new codes.
-        raise Forbidden("Enrol a factor before regenerating backup codes.", code="restricted_session")
-    codes = mfa.issue_backup_codes(current_actor(), user)
+    codes = mfa.regenerate_backup_codes(current_actor(), user, g.user_session)
     return {"codes": codes, "remaining": backup_codes_remaining(user.id)}
 
 

@@ -52,3 +52,27 @@ def event_as_dict(event: AuditEvent) -> dict[str, Any]:
     payload["prev_hash"] = event.prev_hash
     payload["hash"] = event.hash
     return {name: payload[name] for name in ["tenant_id", *EXPORT_FIELDS]}
+
+
+# The same canonical form over plain values (a row read without the ORM, or a line of an
+# export): `canonical_body(values)` is byte-identical to what `compute_hash` encodes for the event
+# those values came from, so chains written by either path verify by either path.
+CANONICAL_FIELDS = ("id", "tenant_id", "seq", "occurred_at", "actor_type", "actor_id", "action",
+                    "target_user_id", "case_id", "reason", "details", "request_id", "source_ip")
+
+
+def canonical_body(values: dict[str, Any]) -> bytes:
+    """The bytes the hash covers, from an export dict or a row already in canonical form."""
+    payload = {name: values[name] for name in CANONICAL_FIELDS}
+    if payload["details"] is None:
+        payload["details"] = {}
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def hash_values(prev_hash: str, values: dict[str, Any]) -> str:
+    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical_body(values)).hexdigest()
+
+
+def iso_time(moment: datetime) -> str:
+    """The canonical text of an event time (UTC, microseconds, `Z`)."""
+    return _iso(moment)

@@ -39,3 +39,23 @@ def forward_event(event_id: uuid.UUID) -> bool:
                **signed_headers(settings.siem_secret, f"audit_{event.id.hex}", datetime.now(UTC), payload)}
     send("POST", settings.siem_url, policy=OutboundPolicy.from_env(), headers=headers, data=payload.encode())
     return True
+
+
+def schedule_checkpoint_forward(record: dict[str, object]) -> None:
+    """Queue a signed checkpoint for the SIEM sink (the witness of the newest checkpoint lines)."""
+    if siem_enabled():
+        enqueue("rekey.audit.forward_checkpoint", record=record)
+
+
+def forward_checkpoint(record: dict[str, object]) -> bool:
+    """Deliver one signed checkpoint to the SIEM once (claimed by its digest)."""
+    settings = current_app.extensions["rekey.settings"]
+    digest = str(record["digest"])
+    if not settings.siem_url or not claim_effect(f"siem-checkpoint:{digest}"):
+        return False
+    payload = json.dumps({"type": "audit.checkpoint", "timestamp": datetime.now(UTC).isoformat(),
+                          "data": record}, sort_keys=True, separators=(",", ":"))
+    headers = {"Content-Type": "application/json",
+               **signed_headers(settings.siem_secret, f"checkpoint_{digest[:32]}", datetime.now(UTC), payload)}
+    send("POST", settings.siem_url, policy=OutboundPolicy.from_env(), headers=headers, data=payload.encode())
+    return True

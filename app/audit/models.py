@@ -84,6 +84,19 @@ class AuditAction(StrEnum):
     IDENTITY_PROVIDER_ADDED = "tenant.identity_provider_added"
     RECOVERY_FEDERATED_LINK_SENT = "recovery.federated_link_sent"
     FEDERATED_SIGNIN_REFUSED = "auth.federated_signin_refused"
+    # The agent console (issue 10): agents' own credentials.
+    AGENT_INVITED = "agent.invited"
+    AGENT_PASSWORD_SET = "agent.password_set"
+    AGENT_FACTOR_ENROLLED = "agent.factor_enrolled"
+    AGENT_MFA_RESET = "agent.mfa_reset"
+    AGENT_SESSIONS_REVOKED = "agent.sessions_revoked"
+    AGENT_LOCKED = "agent.locked"
+    TENANT_DIRECTORY_CONFIGURED = "tenant.directory_configured"
+    RECOVERY_ACTION_FAILED = "recovery.action_failed"
+    RECOVERY_ACTION_RETRIED = "recovery.action_retried"
+    USER_CHANNEL_DATES_IMPORTED = "user.channel_dates_imported"
+    DIRECTORY_USER_SUSPENDED = "directory.user_suspended"
+    DIRECTORY_SYNCED = "directory.synced"
 
 
 class AuditEvent(db.Model):  # type: ignore[name-defined]

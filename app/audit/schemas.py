@@ -30,3 +30,33 @@ class ChainReportOut(Schema):
     ok = fields.Boolean()
     first_broken_seq = fields.Integer(allow_none=True)
     problem = fields.String(allow_none=True)
+    # How many signed checkpoints the rows matched (null: no checkpoints were checked).
+    checkpoints = fields.Integer(allow_none=True)
+
+
+class CheckpointQuery(Schema):
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=1000))
+
+
+class CheckpointBody(Schema):
+    tenant_id = fields.String()
+    number = fields.Integer()
+    seq = fields.Integer()
+    hash = fields.String()
+    event_time = fields.String()
+    checkpoint_time = fields.String()
+    prev_digest = fields.String()
+    key_id = fields.String()
+
+
+class CheckpointOut(Schema):
+    body = fields.Nested(CheckpointBody)
+    digest = fields.String()
+    signature = fields.String()
+    unreadable = fields.String()
+
+
+class CheckpointsOut(Schema):
+    public_key = fields.String(allow_none=True, metadata={"description": "Ed25519 public key, PEM"})
+    key_id = fields.String(allow_none=True)
+    checkpoints = fields.List(fields.Nested(CheckpointOut))

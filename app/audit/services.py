@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Text, cast, func, literal_column, select
 
 from app.actor import Actor
-from app.audit.chain import EXPORT_FIELDS, compute_hash, event_as_dict
+from app.audit.chain import EXPORT_FIELDS, compute_hash, hash_values, iso_time
 from app.audit.forwarding import schedule_forward
 from app.audit.models import GENESIS_HASH, AuditAction, AuditEvent, AuditHead
 from app.extensions import db, utcnow
@@ -137,6 +137,68 @@ def _csv_cell(value: Any) -> str:
     return text
 
 
+_UUID_COLUMNS = ("id", "tenant_id", "target_user_id", "case_id")
+_ROW_COLUMNS = ("id", "tenant_id", "seq", "occurred_at", "actor_type", "actor_id", "action",
+                "target_user_id", "case_id", "reason", "details", "request_id", "source_ip",
+                "prev_hash", "hash")
+
+
+def _row_select(postgres: bool) -> Any:
+    """The audit columns as plain values. On PostgreSQL the database renders ids and times in
+    their canonical text, so no UUID or datetime object is built per row."""
+    table = AuditEvent.__table__
+    columns: list[ColumnElement[Any]] = []
+    for name in _ROW_COLUMNS:
+        column = table.c[name]
+        if postgres and name in _UUID_COLUMNS:
+            columns.append(cast(column, Text).label(name))
+        elif postgres and name == "occurred_at":
+            columns.append(func.to_char(column.op("AT TIME ZONE")(literal_column("'UTC'")),
+                                        'YYYY-MM-DD"T"HH24:MI:SS.US"Z"').label(name))
+        else:
+            columns.append(column)
+    return select(*columns)
+
+
+def iter_rows(flt: AuditFilter, *, after_seq: int = 0, batch: int = 5000) -> Iterator[dict[str, Any]]:
+    """The filtered events in `seq` order as export dicts (`event_as_dict`'s form), read as core
+    rows through a server-side cursor: no ORM object per event, memory flat at any size."""
+    table = AuditEvent.__table__
+    connection = db.session.connection()
+    postgres = connection.dialect.name == "postgresql"
+    stmt = _row_select(postgres).where(table.c.tenant_id == flt.tenant_id, table.c.seq > after_seq)
+    if flt.action:
+        stmt = stmt.where(table.c.action == flt.action)
+    if flt.actor:
+        stmt = stmt.where(table.c.actor_id == flt.actor)
+    if flt.user:
+        stmt = stmt.where(table.c.target_user_id == flt.user)
+    if flt.case:
+        stmt = stmt.where(table.c.case_id == flt.case)
+    if flt.since:
+        stmt = stmt.where(table.c.occurred_at >= flt.since)
+    if flt.until:
+        stmt = stmt.where(table.c.occurred_at < flt.until)
+    # Options on the statement, not the connection (which would keep them for the session's later
+    # statements): a server-side cursor fetching `batch` rows at a time.
+    result = connection.execute(stmt.order_by(table.c.seq).execution_options(stream_results=True,
+                                                                            yield_per=batch))
+    names = _ROW_COLUMNS
+    try:
+        for row in result:
+            values = dict(zip(names, row, strict=True))
+            if not postgres:
+                for name in _UUID_COLUMNS:
+                    if values[name] is not None:
+                        values[name] = str(values[name])
+                values["occurred_at"] = iso_time(values["occurred_at"])
+            if values["details"] is None:
+                values["details"] = {}
+            yield values
+    finally:
+        result.close()  # a reader that stops early (a broken chain) closes the server-side cursor
+
+
 def export_lines(flt: AuditFilter, fmt: str) -> Iterator[str]:
     """Stream the filtered events as JSON lines or CSV (with a header row)."""
     if fmt == "csv":
@@ -144,15 +206,15 @@ def export_lines(flt: AuditFilter, fmt: str) -> Iterator[str]:
         writer = csv.writer(buffer)
         writer.writerow(EXPORT_FIELDS)
         yield buffer.getvalue()
-        for event in iter_events(flt):
+        for row in iter_rows(flt):
             buffer.seek(0)
             buffer.truncate()
-            row = event_as_dict(event)
             writer.writerow([_csv_cell(row[name]) for name in EXPORT_FIELDS])
             yield buffer.getvalue()
     else:
-        for event in iter_events(flt):
-            yield json.dumps(event_as_dict(event), sort_keys=True) + "\n"
+        dumps = json.dumps
+        for row in iter_rows(flt):
+            yield dumps(row, sort_keys=True) + "\n"
 
 
 @dataclass(frozen=True)
@@ -162,27 +224,70 @@ class ChainReport:
     ok: bool
     first_broken_seq: int | None = None
     problem: str | None = None
+    # How many signed checkpoints the rows were checked against (None: none were given).
+    checkpoints: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"tenant_id": str(self.tenant_id), "events": self.events, "ok": self.ok,
-                "first_broken_seq": self.first_broken_seq, "problem": self.problem}
+                "first_broken_seq": self.first_broken_seq, "problem": self.problem,
+                "checkpoints": self.checkpoints}
 
 
-def verify_chain(tenant_id: uuid.UUID) -> ChainReport:
-    """Recompute the tenant's chain from the genesis hash and name the first broken `seq`."""
+def verify_rows(tenant_id: uuid.UUID, rows: Iterator[dict[str, Any]], *,
+                checkpoints: Any = None) -> tuple[ChainReport | None, int, str]:
+    """Recompute a chain from its rows (export dicts in seq order) from the genesis hash, and
+    compare every checkpointed `(seq, hash)`; the first failure, or None with (count, last hash).
+
+    `checkpoints` is a `CheckpointLog` (app.audit.checkpoints) already checked on its own."""
+    vouched = checkpoints.by_seq() if checkpoints is not None else {}
+    checked = 0 if checkpoints is not None else None
+    previous_vouched = 0
     expected_seq, prev_hash, count = 1, GENESIS_HASH, 0
-    for event in iter_events(AuditFilter(tenant_id=tenant_id)):
+    for row in rows:
         count += 1
-        if event.seq != expected_seq:
+        seq = row["seq"]
+        if seq != expected_seq:
             return ChainReport(tenant_id, count, False, expected_seq,
-                               f"seq {expected_seq} is missing (found {event.seq})")
-        if event.prev_hash != prev_hash:
-            return ChainReport(tenant_id, count, False, event.seq, "prev_hash does not link")
-        if compute_hash(prev_hash, event) != event.hash:
-            return ChainReport(tenant_id, count, False, event.seq, "content does not match its hash")
-        prev_hash, expected_seq = event.hash, expected_seq + 1
+                               f"seq {expected_seq} is missing (found {seq})", checked), count, prev_hash
+        if row["prev_hash"] != prev_hash:
+            return ChainReport(tenant_id, count, False, seq, "prev_hash does not link", checked), count, prev_hash
+        if hash_values(prev_hash, row) != row["hash"]:
+            return (ChainReport(tenant_id, count, False, seq, "content does not match its hash", checked),
+                    count, prev_hash)
+        prev_hash, expected_seq = row["hash"], expected_seq + 1
+        point = vouched.get(seq)
+        if point is not None:
+            assert checked is not None
+            checked += 1
+            if point.hash != prev_hash:
+                return (ChainReport(
+                    tenant_id, count, False, seq,
+                    f"rows rewritten: signed checkpoint #{point.number} says seq {seq} has hash "
+                    f"{point.hash[:16]}..., the rows give {prev_hash[:16]}...; the first rewritten event "
+                    f"is in seq {previous_vouched + 1}..{seq}", checked), count, prev_hash)
+            previous_vouched = seq
+    return None, count, prev_hash
+
+
+def verify_chain(tenant_id: uuid.UUID, *, checkpoints: Any = None) -> ChainReport:
+    """Recompute the tenant's chain from the genesis hash and name the first broken `seq`; with
+    `checkpoints` (a verified `CheckpointLog`), also check every signed `(seq, hash)` and that
+    the newest row is not older than the newest checkpoint (a cut-off tail)."""
+    failure, count, prev_hash = verify_rows(tenant_id, iter_rows(AuditFilter(tenant_id=tenant_id)),
+                                            checkpoints=checkpoints)
+    if failure is not None:
+        return failure
+    last_seq = count
+    checked = None
+    if checkpoints is not None:
+        checked = sum(1 for seq in checkpoints.by_seq() if seq <= last_seq)
+        newest = checkpoints.newest
+        if newest is not None and newest.seq > last_seq:
+            return ChainReport(tenant_id, count, False, last_seq + 1,
+                               f"chain ends at seq {last_seq} but signed checkpoint #{newest.number} vouches "
+                               f"for seq {newest.seq} (events cut off the end)", checked)
     head = db.session.get(AuditHead, tenant_id)
-    if head is not None and (head.seq != expected_seq - 1 or head.hash != prev_hash):
-        return ChainReport(tenant_id, count, False, expected_seq,
-                           f"chain ends at seq {expected_seq - 1} but its head says {head.seq}")
-    return ChainReport(tenant_id, count, True)
+    if head is not None and (head.seq != last_seq or head.hash != prev_hash):
+        return ChainReport(tenant_id, count, False, last_seq + 1,
+                           f"chain ends at seq {last_seq} but its head says {head.seq}", checked)
+    return ChainReport(tenant_id, count, True, checkpoints=checked)

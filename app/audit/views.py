@@ -8,7 +8,7 @@ from flask import Response, stream_with_context
 from marshmallow import RAISE
 
 from app.audit.models import AuditAction
-from app.audit.schemas import AuditQuery, ChainReportOut
+from app.audit.schemas import AuditQuery, ChainReportOut, CheckpointQuery, CheckpointsOut
 from app.audit.services import AuditFilter, export_lines, record_event, verify_chain
 from app.extensions import db
 from app.web import Blueprint, agent_required, current_actor, error_responses
@@ -44,5 +44,41 @@ def export(query: dict[str, Any]) -> Any:
 @blp.doc(responses=error_responses({403: "Only a senior admin verifies the chain."}))
 @blp.response(200, ChainReportOut)
 def verify() -> Any:
-    """Recompute the tenant's hash chain and name the first broken seq."""
-    return verify_chain(current_actor().tenant_id).as_dict()  # type: ignore[arg-type]
+    """Recompute the tenant's hash chain and name the first broken seq; when the checkpoint
+    directory and the public key are configured, also check the rows against every signed
+    checkpoint (`checkpoints`: how many matched; null when none could be checked)."""
+    from flask import current_app
+
+    from app.audit.checkpoints import CheckpointError, read_log, verifying_key
+    from app.audit.services import ChainReport
+
+    tenant_id = current_actor().tenant_id
+    assert tenant_id is not None
+    settings = current_app.extensions["rekey.settings"]
+    key = verifying_key(settings)
+    if key is None:
+        return verify_chain(tenant_id).as_dict()
+    try:
+        log = read_log(settings.audit_checkpoint_dir, key, tenant_id)
+    except CheckpointError as exc:
+        return ChainReport(tenant_id, 0, False, None, f"broken checkpoint: {exc}", 0).as_dict()
+    return verify_chain(tenant_id, checkpoints=log).as_dict()
+
+
+@blp.route("/checkpoints", methods=["GET"])
+@agent_required("senior_admin")
+@blp.arguments(CheckpointQuery, location="query", unknown=RAISE)
+@blp.doc(responses=error_responses({403: "Only a senior admin reads the checkpoints."}))
+@blp.response(200, CheckpointsOut)
+def checkpoints(query: dict[str, Any]) -> Any:
+    """The public key that signs the audit checkpoints and the tenant's newest checkpoints
+    (newest first, as stored), for an auditor to keep and check exports against."""
+    from flask import current_app
+
+    from app.audit.checkpoints import key_id, latest, public_key_pem, verifying_key
+
+    settings = current_app.extensions["rekey.settings"]
+    key = verifying_key(settings)
+    found = latest(settings.audit_checkpoint_dir, current_actor().tenant_id, query["limit"])  # type: ignore[arg-type]
+    return {"public_key": public_key_pem(key) if key else None, "key_id": key_id(key) if key else None,
+            "checkpoints": found}

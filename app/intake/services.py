@@ -34,7 +34,7 @@ from app.errors import (
 )
 from app.extensions import db, rows_changed, utcnow
 from app.intake.models import Integration, WebhookDelivery
-from app.recovery.cases import RecoveryRequest, open_case
+from app.recovery.cases import RecoveryRequest, take_request
 from app.recovery.evidence import record_callback_result, record_hr_attestation
 from app.tenants.models import Tenant
 from app.web import loads_strict
@@ -189,15 +189,61 @@ def receive_delivery(integration: Integration, headers: Mapping[str, str], body:
     return answer
 
 
+# A sliding minute per integration in a Redis sorted set, checked and counted in one atomic
+# step: every signed delivery counts (issue 8, item 13), whatever is later made of its body, so a
+# trigger looping on a body Rekey refuses (422) is throttled like any flood. Returns the count
+# and, when over the limit, the score of the oldest delivery still in the window.
+_RATE_SCRIPT = """
+local key, now, window, limit = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local n = redis.call('ZCARD', key)
+if n >= limit then
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return {n, oldest[2]}
+end
+redis.call('ZADD', key, now, ARGV[4])
+redis.call('PEXPIRE', key, math.ceil(window * 1000))
+return {n + 1, '0'}
+"""
+RATE_WINDOW_SECONDS = 60
+
+
+def _rate_redis() -> Any:
+    """The Redis client of the rate counter (REDIS_URL), one per application."""
+    import redis
+
+    client = current_app.extensions.get("rekey.rate_redis")
+    if client is None:
+        settings = current_app.extensions["rekey.settings"]
+        # Short timeouts: a dead Redis must not hold a sender's request (the counter falls back).
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        current_app.extensions["rekey.rate_redis"] = client
+    return client
+
+
 def _throttle(integration: Integration) -> None:
-    """Refuse a flood from one integration (a looping trigger, or a stolen secret)."""
+    """Refuse a flood from one integration (a looping trigger, or a stolen secret). Called right
+    after the signature check: a forged delivery is never counted against the integration."""
+    import redis
+
     limit = current_app.extensions["rekey.settings"].webhook_rate_per_minute
-    recent = db.session.scalar(select(func.count()).select_from(WebhookDelivery).where(
-        WebhookDelivery.integration_id == integration.id,
-        WebhookDelivery.received_at >= utcnow() - timedelta(seconds=60))) or 0
-    if recent >= limit:
-        log.warning("webhook_rate_limited", integration_id=str(integration.id), recent=recent)
-        raise RateLimited("Too many deliveries from this integration; slow down.", retry_after=60,
+    now = utcnow().timestamp()
+    try:
+        count, oldest = _rate_redis().eval(_RATE_SCRIPT, 1, f"rekey:webhook-rate:{integration.id}", now,
+                                           RATE_WINDOW_SECONDS, limit, uuid.uuid4().hex)
+        over = int(count) >= limit and float(oldest) > 0
+        retry_after = max(1, int(float(oldest) + RATE_WINDOW_SECONDS - now + 0.999)) if over else 0
+    except (redis.RedisError, OSError) as exc:
+        # Redis unreachable: count what PostgreSQL holds (the deliveries stored in the window)
+        # rather than lose intake while the broker is down.
+        log.warning("webhook_rate_counter_unavailable", error=type(exc).__name__)
+        recent = db.session.scalar(select(func.count()).select_from(WebhookDelivery).where(
+            WebhookDelivery.integration_id == integration.id,
+            WebhookDelivery.received_at >= utcnow() - timedelta(seconds=RATE_WINDOW_SECONDS))) or 0
+        over, count, retry_after = recent >= limit, recent, RATE_WINDOW_SECONDS
+    if over:
+        log.warning("webhook_rate_limited", integration_id=str(integration.id), recent=int(count))
+        raise RateLimited("Too many deliveries from this integration; slow down.", retry_after=retry_after,
                           details={"limit_per_minute": limit})
 
 
@@ -221,9 +267,10 @@ def _act(tenant: Tenant, integration: Integration, actor: Actor, event: base.Inb
             user_email=data.get("user_email"), external_user_id=data.get("external_user_id"),
             ticket_id=data.get("ticket_id"), requester_email=data.get("requester_email"),
             subject=data.get("subject"), text=data.get("text"))
-        case, _joined = open_case(tenant, actor, request, integration_id=integration.id)
-        # The same answer for a new case, a joined case and an unknown account.
-        return IntakeAnswer(202, {"case_id": str(case.id), "status": "received"})
+        opening = take_request(tenant, actor, request, integration_id=integration.id)
+        # The same answer for a new case, a joined case and an unknown account; a ticket that
+        # already has its case is a repeat (200 with the first answer), whatever its delivery id.
+        return IntakeAnswer(200 if opening.repeat else 202, {"case_id": str(opening.case.id), "status": "received"})
     if event.type == base.RECOVERY_ATTESTED:
         case = record_hr_attestation(tenant, integration, actor, data)
         return IntakeAnswer(202, {"case_id": str(case.id), "status": case.state})

@@ -34,7 +34,7 @@ def _tenant_in_templates() -> dict[str, Any]:
 
 def register_pages(app: Flask) -> None:
     """Register the end-user pages (and the old link addresses that now lead to them)."""
-    from app.pages import links, sessions
+    from app.pages import account, enrol, links, sessions, signin  # noqa: F401  (routes join `pages`)
 
     # The federated sign-in pages put their routes on `pages`: imported before it is registered.
     importlib.import_module("app.pages.federated")

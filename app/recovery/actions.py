@@ -9,26 +9,25 @@ audit event in the task's one transaction; secrets are delivered by app/recovery
 
 from __future__ import annotations
 
-import secrets
-import string
 import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+import structlog
+from sqlalchemy import select
 
-from app.accounts.mfa import issue_backup_codes
-from app.accounts.models import BackupCode, MfaFactor, PasswordIdentity, RememberedDevice, User
-from app.accounts.services import backup_codes_remaining, revoke_sessions
+from app.accounts import records
+from app.accounts.records import UserRecord as User
+from app.accounts.services import backup_codes_remaining
 from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
-from app.crypto import hash_password
 from app.errors import Conflict, Forbidden, NotFound, RuleRefused, ValidationFailed
-from app.extensions import db, rows_changed, utcnow
-from app.jobs.services import claim_effect, enqueue
+from app.extensions import db, utcnow
+from app.jobs.services import claim_effect, enqueue, record_dead_letter
 from app.recovery import models as m
 from app.recovery.delivery import seal_for_delivery
+from app.recovery.effects import directory_of_user, in_request, ref
 from app.recovery.models import CaseAction, Evidence, RecoveryCase
 from app.recovery.notify import announce
 from app.recovery.pending import pending_actions
@@ -36,10 +35,13 @@ from app.recovery.risk import unusual_activity
 from app.recovery.rounds import accepted_types, evidence_sufficient, verified_phone
 from app.recovery.state import case_user, ensure_reason, load_case, move, refuse, require
 from app.tenants.models import Tenant
+from integrations.directory import Directory, PermanentDirectoryError
+from integrations.directory.registry import BUILTIN
 
-TEMP_PASSWORD_LENGTH = 20
+log = structlog.get_logger(__name__)
+
 TEMP_PASSWORD_TTL = timedelta(hours=24)
-_TEMP_ALPHABET = string.ascii_letters + string.digits
+BACKUP_CODE_COUNT = 10
 
 
 class NotVerified(RuleRefused):
@@ -233,9 +235,12 @@ def request_secret_delivery(actor: Actor, case_id: uuid.UUID | str, action: str,
         if action != "generate_backup_codes" or not _agents_video_call(actor, case):
             raise NoVerifiedChannel("Only backup codes, and only to the agent who verified the user on a video "
                                     "call in the current round, may be read out on that call.")
-        codes = issue_backup_codes(actor, user, reason=reason, case_id=case.id)
+        directory = directory_of_user(user)
+        issued = in_request(lambda: directory.issue_backup_codes(
+            ref(user), reference=f"case:{case.id}:r{case.round}:video", count=BACKUP_CODE_COUNT))
+        _record_codes(actor, case, user, directory, issued.reference, len(issued.secrets), reason)
         after_secret_issued(case, "mfa.backup_codes_generated")
-        return None, codes
+        return None, list(issued.secrets)
     if verified_phone(case) is None:
         raise NoVerifiedChannel("No phone verified in the current round of this case: verify with a call to a "
                                 "known number first; secrets are never sent to a channel verified in an earlier "
@@ -259,9 +264,26 @@ def _acting_agent(row: CaseAction) -> Actor:
                  ip=row.source_ip, request_id=row.request_id)
 
 
+def _effect_key(row: CaseAction) -> str:
+    """The action's effect key; a senior admin's retry of a failed action gets a fresh one."""
+    attempt = int(row.options.get("attempt", 0))
+    return f"action:{row.id}" if attempt == 0 else f"action:{row.id}:attempt{attempt}"
+
+
+def _needs_plan(case: RecoveryCase, row: CaseAction) -> bool:
+    """An external reset first lists the factors it will remove, in a transaction of its own, so
+    the audit event names them even when a crash after the remote delete makes the retry find
+    nothing left to delete."""
+    user = records.user_by_id(case.user_id)
+    return (row.action == "force_mfa_reset" and user is not None and records.is_external(user)
+            and "remote_plan" not in row.options)
+
+
 def execute_action(action_id: uuid.UUID) -> CaseAction | None:
     """Carry out a queued action once. A second run, a redelivery after a crash or a concurrent
-    copy finds the effect claimed (or the row no longer queued) and changes nothing."""
+    copy finds the effect claimed (or the row no longer queued) and changes nothing. Through an
+    external directory, a transient failure rolls everything back and the task retries (the call
+    is idempotent); a permanent one marks the action failed with its reason and a dead letter."""
     # Lock order: the action's case, then the action, as every request that decides, refuses or
     # suspends does; taking the action first deadlocked with a concurrent refusal.
     case = db.session.scalars(select(RecoveryCase).select_from(CaseAction)
@@ -270,12 +292,17 @@ def execute_action(action_id: uuid.UUID) -> CaseAction | None:
     if case is None:
         return None
     row = db.session.get(CaseAction, action_id, with_for_update=True)
-    if row is None or row.status != "queued" or not claim_effect(f"action:{action_id}"):
+    if row is None or row.status != "queued":
+        return row
+    planning = _needs_plan(case, row)
+    if not planning and not claim_effect(_effect_key(row)):
         return row
     actor = _acting_agent(row)
     stale = (f"case is {case.state}" if case.state not in _EXECUTABLE_FROM[row.action]
              else "decided in an earlier round of the case" if row.round != case.round else None)
     if stale:
+        if planning and not claim_effect(_effect_key(row)):
+            return row
         row.status, row.done_at = "cancelled", utcnow()
         record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_ACTION_CANCELLED, tenant_id=case.tenant_id,
                      target_user_id=case.user_id, case_id=case.id, reason=stale,
@@ -286,65 +313,119 @@ def execute_action(action_id: uuid.UUID) -> CaseAction | None:
         _gate(actor, case, user)
     except RefusedOnRescreen:
         return row  # _gate refused the case and cancelled this action
-    _EXECUTORS[row.action](actor, case, user, row)
-    row.status, row.done_at = "done", utcnow()
+    try:
+        directory = directory_of_user(user)
+        if planning:
+            row.options = {**row.options,
+                           "remote_plan": sorted(f.reference for f in directory.describe(ref(user)).factors)}
+            enqueue("rekey.recovery.execute_action", action_id=str(row.id))
+            return row
+        _EXECUTORS[row.action](actor, case, user, row, directory)
+        row.status, row.done_at = "done", utcnow()
+        db.session.flush()
+        _maybe_reactivate(case, user, directory)
+    except PermanentDirectoryError as exc:
+        _failed(case, row, user.directory_kind, exc)
+    return row
+
+
+def _failed(case: RecoveryCase, row: CaseAction, kind: str, exc: PermanentDirectoryError) -> None:
+    """The directory refused for good: nothing happened there, so nothing is claimed. The action is
+    `failed` with its reason, the case stays where it was (`verified`), a dead letter records the
+    task, and a senior admin may retry it once the backend is fixed (`retry_action`)."""
+    why = str(exc)[:300] or type(exc).__name__
+    row.status, row.done_at = "failed", utcnow()
+    row.options = {**row.options, "failure": why}
+    record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_ACTION_FAILED, tenant_id=case.tenant_id,
+                 target_user_id=case.user_id, case_id=case.id, reason=f"The directory refused: {why}",
+                 details={"action_id": str(row.id), "action": row.action, "directory": kind,
+                          "error": type(exc).__name__})
+    record_dead_letter("rekey.recovery.execute_action", {"action_id": str(row.id)}, None, exc, 0)
     db.session.flush()
-    _maybe_reactivate(case, user)
+
+
+def retry_action(actor: Actor, case_id: uuid.UUID | str, *, action_id: uuid.UUID | str | None,
+                 reason: str) -> CaseAction:
+    """A senior admin queues a failed action again (after the directory was fixed): same case
+    state rules and the same gate as the first time; a fresh effect key."""
+    reason = ensure_reason(reason)
+    case = load_case(actor, case_id, lock=True)
+    require(case, "retry_action", actor)
+    row = db.session.get(CaseAction, _action_id(action_id), with_for_update=True)
+    if row is None or row.case_id != case.id:
+        raise NotFound("No such action on this case.")
+    if row.status != "failed":
+        raise Conflict("Only a failed action can be retried.",
+                       details={"state": case.state, "action_id": str(row.id), "status": row.status})
+    if case.state not in _EXECUTABLE_FROM[row.action] or row.round != case.round:
+        raise Conflict("The case no longer allows this action.", details={"state": case.state})
+    _gate(actor, case, case_user(case))
+    options = {k: v for k, v in row.options.items() if k not in ("failure", "remote_plan")}
+    row.options = {**options, "attempt": int(row.options.get("attempt", 0)) + 1}
+    row.done_at = None
+    record_event(actor, AuditAction.RECOVERY_ACTION_RETRIED, tenant_id=case.tenant_id, target_user_id=case.user_id,
+                 case_id=case.id, reason=reason, details={"action_id": str(row.id), "action": row.action})
+    _queue(actor, case, row)
     return row
 
 
 def reset_factors(user: User) -> dict[str, int]:
-    """One atomic reset: factors (TOTP and security keys), unused backup codes, sessions and
-    remembered devices, in the caller's transaction. Nothing is deleted; each row records when
-    it was invalidated (a key's credential is unusable once its factor is removed)."""
-    now = utcnow()
-    kinds = db.session.scalars(update(MfaFactor).where(
-        MfaFactor.user_id == user.id, MfaFactor.status.in_(("active", "pending"))
-    ).values(status="removed", removed_at=now).returning(MfaFactor.kind)
-        .execution_options(synchronize_session=False)).all()
-    codes = rows_changed(update(BackupCode).where(
-        BackupCode.user_id == user.id, BackupCode.used_at.is_(None), BackupCode.revoked_at.is_(None)
-    ).values(revoked_at=now).execution_options(synchronize_session=False))
-    devices = rows_changed(update(RememberedDevice).where(
-        RememberedDevice.user_id == user.id, RememberedDevice.revoked_at.is_(None)
-    ).values(revoked_at=now).execution_options(synchronize_session=False))
-    sessions = revoke_sessions(user.id)
-    db.session.expire(user)
-    return {"factors_removed": len(kinds), "security_keys_removed": kinds.count("webauthn"),
-            "backup_codes_revoked": codes or 0,
-            "sessions_revoked": sessions, "devices_forgotten": devices or 0}
+    """One atomic reset through the user's directory (built-in: factors, unused backup codes,
+    sessions and remembered devices, in the caller's transaction); the counts for the audit."""
+    return dict(directory_of_user(user).reset_factors(ref(user)).details)
 
 
-def _do_force_reset(actor: Actor, case: RecoveryCase, user: User, row: CaseAction) -> None:
-    counts = reset_factors(user)
+def _do_force_reset(actor: Actor, case: RecoveryCase, user: User, row: CaseAction, directory: Directory) -> None:
+    result = directory.reset_factors(ref(user))
+    counts: dict[str, Any] = dict(result.details)
+    if directory.kind != BUILTIN:
+        # What was there before the first attempt and is gone now: a retry after a crash that
+        # followed the remote delete finds nothing left, and still records the real effect.
+        removed = sorted(set(row.options.get("remote_plan", [])) | set(result.removed))
+        counts = {**counts, "directory": directory.kind, "removed": removed, "factors_removed": len(removed),
+                  "sessions_revoked": directory.revoke_sessions(ref(user))}
+    options = {k: v for k, v in row.options.items() if k != "remote_plan"}
     record_event(actor, AuditAction.FACTOR_ADMIN_RESET, tenant_id=case.tenant_id, target_user_id=user.id,
                  case_id=case.id, reason=row.reason,
                  details={**counts, "action_id": str(row.id), "approved_by": row.approved_by,
-                          "evidence": accepted_types(case), **row.options})
+                          "evidence": accepted_types(case), **options})
     move(case, m.AWAITING_ENROLMENT)
     announce(case, "mfa.factor_admin_reset")
 
 
-def _do_backup_codes(actor: Actor, case: RecoveryCase, user: User, row: CaseAction) -> None:
-    codes = issue_backup_codes(actor, user, reason=row.reason, case_id=case.id,
-                               extra={"action_id": str(row.id), "approved_by": row.approved_by})
-    seal_for_delivery(row, user, codes)
+def _record_codes(actor: Actor, case: RecoveryCase, user: User, directory: Directory, reference: str, count: int,
+                  reason: str | None, extra: dict[str, Any] | None = None) -> None:
+    details: dict[str, Any] = {"count": count, "batch_id": reference,
+                               "by": "admin" if actor.type == "agent" else actor.type, **(extra or {})}
+    if directory.kind != BUILTIN:
+        details["directory"] = directory.kind
+    record_event(actor, AuditAction.BACKUP_CODES_GENERATED, tenant_id=user.tenant_id, target_user_id=user.id,
+                 case_id=case.id, reason=reason, details=details)
+
+
+def _do_backup_codes(actor: Actor, case: RecoveryCase, user: User, row: CaseAction, directory: Directory) -> None:
+    # The action's id names the codes: a retry replaces them at the backend, never adds a second set.
+    issued = directory.issue_backup_codes(ref(user), reference=str(row.id), count=BACKUP_CODE_COUNT)
+    _record_codes(actor, case, user, directory, issued.reference, len(issued.secrets), row.reason,
+                  {"action_id": str(row.id), "approved_by": row.approved_by})
+    seal_for_delivery(row, user, list(issued.secrets), reference=issued.reference)
     after_secret_issued(case, "mfa.backup_codes_generated")
 
 
-def _do_temporary_password(actor: Actor, case: RecoveryCase, user: User, row: CaseAction) -> None:
-    password = "".join(secrets.choice(_TEMP_ALPHABET) for _ in range(TEMP_PASSWORD_LENGTH))
-    identity = user.password or PasswordIdentity(user=user, hash="")
-    db.session.add(identity)
-    identity.hash, identity.must_change, identity.temporary = hash_password(password), True, True
-    identity.expires_at, identity.used_at, identity.set_at = utcnow() + TEMP_PASSWORD_TTL, None, utcnow()
-    revoked = revoke_sessions(user.id)
+def _do_temporary_password(actor: Actor, case: RecoveryCase, user: User, row: CaseAction,
+                           directory: Directory) -> None:
+    issued = directory.set_temporary_password(ref(user), reference=str(row.id))
+    revoked: Any = issued.details.get("sessions_revoked")
+    if directory.kind != BUILTIN:
+        revoked = directory.revoke_sessions(ref(user))
+    expires = issued.expires_at
     record_event(actor, AuditAction.PASSWORD_SET_BY_ADMIN, tenant_id=case.tenant_id, target_user_id=user.id,
                  case_id=case.id, reason=row.reason,
-                 details={"action_id": str(row.id), "generated_by": "rekey", "single_use": True,
-                          "expires_at": identity.expires_at.isoformat(), "sessions_revoked": revoked,
+                 details={"action_id": str(row.id), "generated_by": "rekey" if directory.kind == BUILTIN
+                          else directory.kind, "single_use": True,
+                          "expires_at": expires.isoformat() if expires else None, "sessions_revoked": revoked,
                           "delivered_to": "verified_phone", "approved_by": row.approved_by})
-    seal_for_delivery(row, user, password)
+    seal_for_delivery(row, user, issued.secrets[0], reference=issued.reference)
     after_secret_issued(case, "user.password_set_by_admin")
 
 
@@ -355,7 +436,7 @@ _EXECUTABLE_FROM = {"force_mfa_reset": (m.VERIFIED,),
                     "set_temporary_password": (m.VERIFIED, m.AWAITING_ENROLMENT)}
 
 
-def _maybe_reactivate(case: RecoveryCase, user: User) -> None:
+def _maybe_reactivate(case: RecoveryCase, user: User, directory: Directory) -> None:
     """After a suspected attack, the real user gets the account back only once verified again
     and both a real MFA reset and a new password were carried out for them: in the current round
     of whichever case carries them. A suspension ends the round, so what the attacker's round
@@ -366,8 +447,11 @@ def _maybe_reactivate(case: RecoveryCase, user: User) -> None:
     done = set(db.session.scalars(select(CaseAction.action).where(
         CaseAction.case_id == case.id, CaseAction.status == "done", CaseAction.round == case.round)).all())
     if {"force_mfa_reset", "set_temporary_password"} <= done:
-        user.status, user.suspended_at = "active", None
+        directory.reactivate(ref(user))
+        if directory.kind != BUILTIN:
+            records.mirror_status(user, "active")
         record_event(Actor.system(case.tenant_id), AuditAction.USER_REACTIVATED, tenant_id=case.tenant_id,
                      target_user_id=user.id, case_id=case.id,
                      reason="Verified again after a suspected attack; MFA reset and password set.",
-                     details={"round": case.round})
+                     details={"round": case.round} if directory.kind == BUILTIN
+                     else {"round": case.round, "directory": directory.kind})

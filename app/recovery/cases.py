@@ -11,18 +11,21 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from app.accounts.models import User
-from app.accounts.services import find_user_by_email, normalize_email
+from app.accounts import records
+from app.accounts.records import UserRecord as User
+from app.accounts.services import normalize_email
 from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
-from app.errors import ValidationFailed
+from app.errors import Conflict, ValidationFailed
 from app.extensions import db, utcnow
 from app.jobs.services import enqueue
 from app.recovery import models as m
+from app.recovery.effects import locate_user
 from app.recovery.models import RecoveryCase
 from app.recovery.risk import screen
 from app.recovery.state import (
+    ALLOWED_FROM,
     REFUSAL_TRIGGERS,
     StateConflict,
     close_enrolment_window,
@@ -57,20 +60,41 @@ def _find_user(tenant: Tenant, request: RecoveryRequest) -> tuple[User | None, s
             email = normalize_email(request.user_email)
         except ValidationFailed:
             email = None
-    user = find_user_by_email(tenant.id, email) if email else None
-    if user is None and request.external_user_id:
-        user = db.session.scalars(select(User).where(
-            User.tenant_id == tenant.id, User.external_id == request.external_user_id)).first()
+    user = locate_user(tenant, email=email, external_id=request.external_user_id)
     return user, email or (request.user_email or "")[:320].lower() or None
+
+
+@dataclass(frozen=True)
+class Opening:
+    """What a recovery request did: opened a case, joined the user's open one, or repeated a
+    ticket that already has its case (`repeat`: nothing was written)."""
+
+    case: RecoveryCase
+    joined: bool
+    repeat: bool = False
 
 
 def open_case(tenant: Tenant, actor: Actor, request: RecoveryRequest, *,
               integration_id: uuid.UUID | None) -> tuple[RecoveryCase, bool]:
-    """Open a case for the request, or join the user's open one; returns (case, joined).
+    """Open a case for the request, or join the user's open one; returns (case, joined)."""
+    opening = take_request(tenant, actor, request, integration_id=integration_id)
+    return opening.case, opening.joined
+
+
+def take_request(tenant: Tenant, actor: Actor, request: RecoveryRequest, *,
+                 integration_id: uuid.UUID | None) -> Opening:
+    """Open a case for the request, join the user's open one, or answer with the case its
+    ticket already has.
 
     The answer looks the same whether or not the account exists: an unknown email gets a case
     (refused as unverifiable by the screen), and repeats for it join that case like a real one.
+    A ticket (integration and ticket id) opens at most one case, ever: Jira signs no timestamp,
+    so its signed body replayed under a new delivery id must not open a case once the first was
+    refused. A joining request is screened like a new one.
     """
+    ticket = _claim_ticket(request, integration_id)
+    if isinstance(ticket, RecoveryCase):
+        return Opening(ticket, joined=True, repeat=True)
     user, email = _find_user(tenant, request)
     existing = _open_case_for(tenant, user, email)
     if existing is None:
@@ -92,19 +116,92 @@ def open_case(tenant: Tenant, actor: Actor, request: RecoveryRequest, *,
             if existing is None:
                 raise
         else:
+            if ticket is not None:
+                ticket.case_id = case.id
             record_event(actor, AuditAction.RECOVERY_REQUESTED, tenant_id=tenant.id,
                          target_user_id=case.user_id, case_id=case.id,
                          details={"joined": False, "ticket_id": request.ticket_id,
                                   "integration_id": str(integration_id) if integration_id else None})
             # The screen runs in a task, so a broker outage delays it and loses nothing.
             enqueue("rekey.recovery.screen_case", case_id=str(case.id))
-            return case, False
+            return Opening(case, joined=False)
     existing.requests += 1
     existing.updated_at = utcnow()
+    if ticket is None:
+        ticket = _request_row(request, integration_id, ticket_id=None)
+        db.session.add(ticket)
+    ticket.case_id, ticket.joined = existing.id, True
+    db.session.flush()
     record_event(actor, AuditAction.RECOVERY_REQUESTED, tenant_id=tenant.id,
                  target_user_id=existing.user_id, case_id=existing.id,
-                 details={"joined": True, "ticket_id": request.ticket_id})
-    return existing, True
+                 details={"joined": True, "ticket_id": request.ticket_id,
+                          "integration_id": str(integration_id) if integration_id else None})
+    _screen_joining_request(tenant, existing)
+    return Opening(existing, joined=True)
+
+
+def _request_row(request: RecoveryRequest, integration_id: uuid.UUID | None, *,
+                 ticket_id: str | None) -> m.CaseRequest:
+    return m.CaseRequest(
+        id=uuid.uuid4(), integration_id=integration_id, ticket_id=ticket_id,
+        requester_email=(request.requester_email or "")[:320].lower() or None,
+        subject=(request.subject or "")[:500] or None, text=(request.text or "")[:10_000] or None,
+        received_at=utcnow())
+
+
+def _claim_ticket(request: RecoveryRequest,
+                  integration_id: uuid.UUID | None) -> m.CaseRequest | RecoveryCase | None:
+    """Claim the request's ticket (a new row), or find the case it already has. A concurrent
+    copy of the same ticket waits on the unique index until the first commits, then finds it."""
+    if integration_id is None or not request.ticket_id:
+        return None
+    ticket_id = request.ticket_id[:200]
+    row = _request_row(request, integration_id, ticket_id=ticket_id)
+    try:
+        with db.session.begin_nested():
+            db.session.add(row)
+    except IntegrityError:
+        first = db.session.scalars(select(m.CaseRequest).where(
+            m.CaseRequest.integration_id == integration_id, m.CaseRequest.ticket_id == ticket_id)).first()
+        case = db.session.get(RecoveryCase, first.case_id) if first and first.case_id else None
+        if case is None:  # the first copy rolled back; the sender's retry will be processed
+            raise Conflict("This ticket is being processed; retry later.") from None
+        return case
+    return row
+
+
+def _screen_joining_request(tenant: Tenant, case: RecoveryCase) -> None:
+    """Screen a joining request like a new one: an urgent second ticket ("the CEO needs access
+    now, skip the checks") escalates the case instead of riding on it unseen. A case not yet
+    screened is left to its screen task, which reads every request of the case."""
+    if case.state == m.RECEIVED or case.user_id is None:
+        return
+    user = db.session.get(User, case.user_id)
+    if user is None:
+        return
+    result = screen(tenant, case, user)
+    system = Actor.system(case.tenant_id)
+    if result.refuse:
+        if case.state in ALLOWED_FROM["refuse"] and case.state != m.SUSPECTED_ATTACK:
+            ended = refuse(system, case, result.refuse,
+                           "Unusual recent sign-in activity on the account (a joining request).",
+                           facts=result.facts)
+            enqueue("rekey.recovery.notify_senior_admins", case_id=str(case.id), case_round=ended)
+            return
+        new = [result.refuse] if result.refuse not in case.flags else []
+    else:
+        new = [flag for flag in result.escalate if flag not in case.flags]
+    if not new:
+        return
+    if case.state in ALLOWED_FROM["escalate"]:
+        escalate(system, case, new, "Risk screen of a joining request: " + ", ".join(new),
+                 facts={**result.facts, "joined": True})
+        return
+    # Already with a senior admin (escalated, or a suspected attack): the flags are added.
+    case.flags = sorted(set(case.flags) | set(new))
+    case.updated_at = utcnow()
+    record_event(system, AuditAction.RECOVERY_SCREENED, tenant_id=case.tenant_id, target_user_id=case.user_id,
+                 case_id=case.id, details={"flags": new, "joined": True, "state": case.state, **result.facts})
 
 
 def _open_case_for(tenant: Tenant, user: User | None, email: str | None) -> RecoveryCase | None:
@@ -130,7 +227,7 @@ def screen_case(case_id: uuid.UUID) -> RecoveryCase | None:
     tenant = db.session.get(Tenant, case.tenant_id)
     assert tenant is not None
     system = Actor.system(case.tenant_id)
-    user = db.session.get(User, case.user_id) if case.user_id else None
+    user = records.user_by_id(case.user_id)
     if user is None:
         refuse(system, case, "unverifiable", "The request names no account that can be verified.")
         return case

@@ -7,10 +7,11 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+import structlog
+from sqlalchemy import select
 
-from app.accounts.models import Channel, RememberedDevice, SigninAttempt, User
-from app.accounts.services import revoke_sessions
+from app.accounts import records
+from app.accounts.records import UserRecord as User
 from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
@@ -18,6 +19,7 @@ from app.errors import NotFound
 from app.extensions import db, utcnow
 from app.jobs.services import claim_effect, enqueue
 from app.recovery import models as m
+from app.recovery.effects import directory_of_user, ref
 from app.recovery.models import CaseAction, RecoveryCase, VerificationCall
 from app.recovery.notify import announce, channels_before, redeem_link
 from app.recovery.pending import cancel_pending
@@ -35,6 +37,8 @@ from app.recovery.state import (
     require,
 )
 
+log = structlog.get_logger(__name__)
+
 
 def _distrust_verified_phones(*cases: RecoveryCase) -> list[str]:
     """Mark the phones verified in these cases' last rounds as compromised: the round ends as
@@ -47,9 +51,7 @@ def _distrust_verified_phones(*cases: RecoveryCase) -> list[str]:
         ids = db.session.scalars(select(VerificationCall.channel_id).where(
             VerificationCall.case_id == case.id, VerificationCall.status == "verified",
             VerificationCall.round.in_(rounds))).all()
-        for channel in db.session.scalars(select(Channel).where(Channel.id.in_(ids))).all():
-            channel.compromised_at, channel.compromised_case_id = utcnow(), case.id
-            marked.append(str(channel.id))
+        marked.extend(records.mark_channels_compromised(list(ids), case.id))
     return sorted(set(marked))
 
 
@@ -60,11 +62,15 @@ def _suspend(actor: Actor, case: RecoveryCase, user: User, reason: str, how: str
     notice raised the alarm, when the suspicion falls on another (open) case."""
     previous, evidence = case.state, accepted_types(case)  # what the suspect passed, for the incident
     distrusted = _distrust_verified_phones(case, *([origin] if origin is not None else []))
-    user.status, user.suspended_at = "suspended", utcnow()
-    sessions = revoke_sessions(user.id)
-    db.session.execute(update(RememberedDevice).where(
-        RememberedDevice.user_id == user.id, RememberedDevice.revoked_at.is_(None)
-    ).values(revoked_at=utcnow()).execution_options(synchronize_session=False))
+    sessions: int | str = records.live_sessions(user.id)
+    if records.is_external(user):
+        # Rekey refuses to act on the mirror at once; the directory is told by a task that
+        # retries until it answers (the event when it confirms: `directory.user_suspended`).
+        records.mirror_status(user, "suspended")
+        sessions = "in_directory"
+        enqueue("rekey.recovery.suspend_in_directory", case_id=str(case.id), user_id=str(user.id))
+    else:
+        directory_of_user(user).suspend(ref(user))  # status, every session and remembered device
     cancel_pending(actor, case, "suspected attack")
     ended = end_round(case)
     case.flags = sorted(set(case.flags) | {"suspected_attack"})
@@ -187,6 +193,56 @@ def requeue_stalled(limit: int = 200) -> int:
     return queued
 
 
+def suspend_in_directory(case_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+    """Tell an external directory about a suspension Rekey already recorded on the mirror: lock
+    (or disable) the user there and end their sessions. Idempotent; a transient failure retries
+    (the task), and `directory.user_suspended` is audited only once the backend confirmed. A user
+    reactivated meanwhile is left alone."""
+    case = db.session.get(RecoveryCase, case_id)
+    user = records.user_by_id(user_id)
+    if case is None or user is None or not records.is_external(user) or user.status != "suspended":
+        return False
+    if not claim_effect(f"directory-suspend:{case_id}:{user_id}:{user.suspended_at}"):
+        return False
+    directory = directory_of_user(user)
+    directory.suspend(ref(user))
+    ended = directory.revoke_sessions(ref(user))
+    record_event(Actor.system(case.tenant_id), AuditAction.DIRECTORY_USER_SUSPENDED, tenant_id=case.tenant_id,
+                 target_user_id=user.id, case_id=case.id, reason="Suspended in the directory after a suspected attack.",
+                 details={"directory": directory.kind, "sessions_revoked": ended})
+    return True
+
+
+def poll_enrolments(limit: int = 200) -> int:
+    """Beat: for external directories, which cannot call Rekey, ask whether each user awaiting
+    enrolment enrolled a factor since the case was verified; an enrolment closes the loop as
+    the built-in hook does (runbook step 4). A directory that does not answer is tried again at
+    the next beat."""
+    from integrations.directory import DirectoryError
+
+    waiting = db.session.execute(select(RecoveryCase.id, RecoveryCase.user_id).where(
+        RecoveryCase.state.in_(ALLOWED_FROM["record_enrolment"]), RecoveryCase.user_id.is_not(None))
+        .order_by(RecoveryCase.updated_at).limit(limit)).all()
+    closed = 0
+    for case_id, user_id in waiting:
+        user = records.user_by_id(user_id)
+        if user is None or not records.is_external(user):
+            continue  # the built-in directory tells recovery through the accounts hook
+        case = db.session.scalars(select(RecoveryCase).where(RecoveryCase.id == case_id).with_for_update()).first()
+        if case is None or case.state not in ALLOWED_FROM["record_enrolment"]:
+            continue
+        since = case.verified_at or case.opened_at
+        try:
+            factors = directory_of_user(user).enrolled_since(ref(user), since)
+        except DirectoryError as exc:
+            log.warning("enrolment_poll_failed", case_id=str(case_id), error=type(exc).__name__)
+            continue
+        if factors:
+            EnrolmentPort().factor_enrolled(case.id, user, Actor.system(case.tenant_id))
+            closed += 1
+    return closed
+
+
 class EnrolmentPort:
     """The recovery side of `app.accounts.hooks.RecoveryPort`: an enrolment closes the loop."""
 
@@ -200,9 +256,7 @@ class EnrolmentPort:
         """Close the loop: an enrolment during a verified case recovers it (runbook step 4)."""
         case = db.session.get(RecoveryCase, case_id)
         assert case is not None  # locked by lock_case_for_enrolment in this transaction
-        known = set(db.session.scalars(select(SigninAttempt.ip).where(
-            SigninAttempt.user_id == user.id, SigninAttempt.result == "succeeded",
-            SigninAttempt.occurred_at < case.opened_at)).all())
+        known = records.known_signin_ips(user.id, case.opened_at)
         if actor.ip not in known:
             # Enrolment from an address never seen for this user: the agent should look again.
             case.flags = sorted(set(case.flags) | {"enrolment_from_new_ip"})
@@ -246,6 +300,11 @@ def send_follow_up(case_id: uuid.UUID) -> bool:
                  target_user_id=case.user_id, case_id=case.id, details={"emails": len(emails)})
     if case.integration_id and case.ticket_id:
         enqueue("rekey.recovery.post_ticket_comment", case_id=str(case.id))
+    # Every ticket that joined the case hears the same (issue 8, item 11).
+    for request_id in db.session.scalars(select(m.CaseRequest.id).where(
+            m.CaseRequest.case_id == case.id, m.CaseRequest.joined.is_(True),
+            m.CaseRequest.ticket_id.is_not(None)).order_by(m.CaseRequest.received_at)):
+        enqueue("rekey.recovery.post_ticket_comment", case_id=str(case.id), request_id=str(request_id))
     if case.state == m.RECOVERED:
         move(case, m.CLOSED)
         record_event(Actor.system(case.tenant_id), AuditAction.RECOVERY_CLOSED, tenant_id=case.tenant_id,

@@ -59,6 +59,8 @@ def _case_move(move: Callable[..., Any], **fixed: Any) -> Callable[[Actor, Any, 
 _ACTIONS: dict[str, Callable[[Actor, Any, dict[str, Any]], ActionOutcome]] = {
     "force_mfa_reset": _force_reset,
     "approve": _approve,
+    "retry_action": lambda actor, cid, p: ActionOutcome(actions.retry_action(
+        actor, cid, action_id=p.get("action_id"), reason=p["reason"])),
     "generate_backup_codes": _secret("generate_backup_codes"),
     # A temporary password only ever goes to the phone verified in the case.
     "set_temporary_password": lambda actor, cid, p: _secret("set_temporary_password")(

@@ -15,10 +15,11 @@ import json
 import uuid
 from datetime import timedelta
 
+import structlog
 from sqlalchemy import select
 
-from app.accounts.mfa import revoke_backup_code_batch
-from app.accounts.models import BackupCode, Channel, User
+from app.accounts import records
+from app.accounts.records import UserRecord as User
 from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
@@ -32,11 +33,13 @@ from app.tenants.models import Tenant
 from app.tenants.services import page_url
 from integrations.base import PermanentDeliveryError
 
+log = structlog.get_logger(__name__)
+
 SEAL_TTL = timedelta(hours=24)  # as long as the temporary password itself lives
 DELIVERABLE_FROM = (m.VERIFIED, m.AWAITING_ENROLMENT)
 
 
-def seal_for_delivery(row: CaseAction, user: User, secret: list[str] | str) -> None:
+def seal_for_delivery(row: CaseAction, user: User, secret: list[str] | str, *, reference: str | None = None) -> None:
     """Keep the secret this action generated (encrypted, on the action) until a separate task
     has texted it. The text cannot go out from the action's own transaction: if it were lost
     after the send (a dropped connection, a killed worker), the retry would generate a different
@@ -45,10 +48,11 @@ def seal_for_delivery(row: CaseAction, user: User, secret: list[str] | str) -> N
     often as it takes."""
     options = {**row.options, "sealed": encrypt(json.dumps(secret))}
     if row.action == "generate_backup_codes":
-        # The batch just issued, so codes that never reach the user can be revoked.
-        batch = db.session.scalars(select(BackupCode.batch_id).where(BackupCode.user_id == user.id)
-                                   .order_by(BackupCode.created_at.desc())).first()
-        options["batch_id"] = str(batch)
+        # The directory's name for the codes just issued, so codes that never reach the user can
+        # be revoked.
+        options["batch_id"] = reference
+    elif reference is not None:
+        options["secret_reference"] = reference
     row.options, row.sealed_until, row.delivery_state = options, utcnow() + SEAL_TTL, "pending"
     enqueue("rekey.recovery.deliver_secret", action_id=str(row.id))
 
@@ -90,17 +94,40 @@ def _undeliverable(case: RecoveryCase, user: User, row: CaseAction) -> tuple[str
 
 def _discard(case: RecoveryCase, user: User, row: CaseAction, why: str, event: AuditAction) -> None:
     """Erase the sealed secret and make the secret itself useless (nobody ever received it)."""
-    if row.action == "generate_backup_codes" and row.options.get("batch_id"):
-        revoke_backup_code_batch(user, uuid.UUID(row.options["batch_id"]))
-    identity = user.password
-    if row.action == "set_temporary_password" and identity is not None and identity.temporary \
-            and identity.used_at is None:
-        identity.expires_at = utcnow()
+    withdraw_secret(case, user, row)
     row.options = {**{k: v for k, v in row.options.items() if k != "sealed"}, "undelivered": why}
     row.sealed_until, row.delivery_state = None, "discarded"
     record_event(Actor.system(case.tenant_id), event, tenant_id=case.tenant_id, target_user_id=case.user_id,
                  case_id=case.id, reason=f"Not delivered: {why}.",
                  details={"action_id": str(row.id), "action": row.action, "round": row.round})
+
+
+def withdraw_secret(case: RecoveryCase, user: User, row: CaseAction) -> None:
+    """Make a secret nobody received useless. The built-in directory revokes the batch's unused
+    codes or ends the temporary password; an external one, which offers no withdrawal, is asked
+    to issue again under the same reference, which replaces the undelivered secret with one that
+    nobody will ever see (a directory that refuses is logged: the sealed copy is erased anyway)."""
+    from app.recovery.effects import directory_of_user, ref
+    from integrations.directory import DirectoryError
+
+    directory = directory_of_user(user)
+    reference = row.options.get("batch_id") if row.action == "generate_backup_codes" \
+        else row.options.get("secret_reference")
+    withdraw = getattr(directory, "withdraw_secret", None)
+    if withdraw is not None:
+        if row.action == "generate_backup_codes" and not reference:
+            return
+        withdraw(ref(user), kind="backup_codes" if row.action == "generate_backup_codes" else "temporary_password",
+                 reference=reference or "")
+        return
+    try:
+        if row.action == "generate_backup_codes":
+            directory.issue_backup_codes(ref(user), reference=str(row.id), count=len(json.loads(
+                decrypt(row.options["sealed"]))) if row.options.get("sealed") else 10)
+        else:
+            directory.set_temporary_password(ref(user), reference=str(row.id))
+    except (DirectoryError, UnreadableCiphertext) as exc:
+        log.warning("secret_withdrawal_failed", action_id=str(row.id), error=type(exc).__name__)
 
 
 def deliver_secret(action_id: uuid.UUID) -> bool:
@@ -112,7 +139,7 @@ def deliver_secret(action_id: uuid.UUID) -> bool:
     case, row = _locked(action_id)
     if case is None or row is None or not row.options.get("sealed"):
         return False
-    user = db.session.get(User, case.user_id)
+    user = records.user_by_id(case.user_id)
     assert user is not None  # an action exists only on a case that names its user
     refused = _undeliverable(case, user, row)
     if refused is not None:
@@ -122,7 +149,7 @@ def deliver_secret(action_id: uuid.UUID) -> bool:
     # the send, the phone's.
     tenant = db.session.get(Tenant, case.tenant_id)
     assert tenant is not None
-    channel = db.session.get(Channel, verified_phone(case))
+    channel = records.channel(verified_phone(case))
     assert channel is not None
     try:
         secret = json.loads(decrypt(row.options["sealed"]))
@@ -167,7 +194,7 @@ def expire_sealed_secrets(limit: int = 200) -> int:
         case, row = _locked(action_id)
         if case is None or row is None or row.sealed_until is None or row.sealed_until > utcnow():
             continue  # delivered or discarded meanwhile
-        user = db.session.get(User, case.user_id)
+        user = records.user_by_id(case.user_id)
         assert user is not None
         _discard(case, user, row, "undelivered for 24 hours", AuditAction.RECOVERY_SECRET_EXPIRED)
         erased += 1

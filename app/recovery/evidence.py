@@ -15,7 +15,8 @@ from zoneinfo import ZoneInfo
 from flask import current_app
 from sqlalchemy import select, update
 
-from app.accounts.models import Channel, User
+from app.accounts import records
+from app.accounts.records import ChannelRecord as Channel
 from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
@@ -101,7 +102,7 @@ def record_evidence(actor: Actor, case_id: uuid.UUID | str, *, type_: str, detai
     reason = ensure_reason(reason)
     case = load_case(actor, case_id, lock=True)
     require(case, "record_evidence", actor)
-    user = db.session.get(User, case.user_id) if case.user_id else None
+    user = records.user_by_id(case.user_id)
     if type_ in REFUSED_TYPES:
         raise _reject(actor, case, type_, reason, REFUSED_TYPES[type_])
     if type_ not in ACCEPTABLE:
@@ -157,9 +158,7 @@ def start_of_case_day(case: RecoveryCase) -> datetime:
 def eligible_channels(case: RecoveryCase) -> list[Channel]:
     """Phones on the account since before the start of the day the case opened (tenant's clock)."""
     cutoff = start_of_case_day(case)
-    return list(db.session.scalars(select(Channel).where(
-        Channel.user_id == case.user_id, Channel.kind == "phone", Channel.removed_at.is_(None),
-        Channel.added_at < cutoff)).all())
+    return records.phones_added_before(case.user_id, cutoff)
 
 
 def place_verification_call(actor: Actor, case_id: uuid.UUID | str, *, channel_id: str,
@@ -167,10 +166,7 @@ def place_verification_call(actor: Actor, case_id: uuid.UUID | str, *, channel_i
     """Send a one-time code to a phone that predates the case; the agent never types a number."""
     case = load_case(actor, case_id, lock=True)
     require(case, "place_verification_call", actor)
-    try:
-        channel = db.session.get(Channel, uuid.UUID(str(channel_id)))
-    except ValueError:
-        channel = None
+    channel = records.channel(channel_id)
     if channel is None or channel.user_id != case.user_id or channel.kind != "phone" or channel.removed_at:
         raise NotFound("No such phone channel on this user.")
     day_started = start_of_case_day(case)
@@ -246,7 +242,7 @@ def confirm_verification_call(actor: Actor, case_id: uuid.UUID | str, call_id: s
 def record_hr_attestation(tenant: Tenant, integration: Any, actor: Actor, data: dict[str, Any]) -> RecoveryCase:
     """The manager/HR corroboration of runbook step 1, from a signed HR integration of the
     case's own tenant. The voucher must not be the user (nor the requester)."""
-    from app.accounts.services import find_user_by_email, normalize_email
+    from app.accounts.services import normalize_email
     from app.errors import ValidationFailed
 
     if integration.kind != "hr":
@@ -261,7 +257,7 @@ def record_hr_attestation(tenant: Tenant, integration: Any, actor: Actor, data: 
             case = None
     elif data.get("user_email"):
         try:
-            user = find_user_by_email(tenant.id, normalize_email(str(data["user_email"])))
+            user = records.find_user(tenant.id, email=normalize_email(str(data["user_email"])))
         except ValidationFailed:
             user = None
         if user is not None:
@@ -271,7 +267,7 @@ def record_hr_attestation(tenant: Tenant, integration: Any, actor: Actor, data: 
         # Another tenant's case id lands here too: it does not exist for this integration.
         raise NotFound("No open case matches the attestation.")
     require(case, "record_evidence", actor)
-    user = db.session.get(User, case.user_id) if case.user_id else None
+    user = records.user_by_id(case.user_id)
     assert user is not None
     try:
         voucher = normalize_email(str(data.get("voucher_email") or ""))
@@ -348,7 +344,7 @@ def deliver_verification_code(call_id: uuid.UUID) -> VerificationCall | None:
     if call.expires_at <= utcnow():
         call.status, call.code_encrypted = "expired", None
         return call
-    channel = db.session.get(Channel, call.channel_id)
+    channel = records.channel(call.channel_id)
     assert channel is not None
     code = decrypt(call.code_encrypted)
     spaced = " ".join(code) if call.method == "voice" else code

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.extensions import JSONType, UTCDateTime, db, new_id, utcnow
@@ -181,3 +181,23 @@ class RecoveryLink(db.Model):  # type: ignore[name-defined]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class CaseRequest(db.Model):  # type: ignore[name-defined]
+    """One request (ticket) that opened or joined a case. A ticket, named by its integration and
+    its id, opens at most one case ever (the unique index): a replayed ticket body under a new
+    delivery id answers with that case instead of opening another. A joining request's text is
+    kept to screen it like a new one; the follow-up comment goes to every ticket of the case."""
+
+    __tablename__ = "case_requests"
+    __table_args__ = (UniqueConstraint("integration_id", "ticket_id", name="uq_case_requests_ticket"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    case_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("recovery_cases.id"), index=True)
+    integration_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("integrations.id"))
+    ticket_id: Mapped[str | None] = mapped_column(String(200))
+    joined: Mapped[bool] = mapped_column(default=False)
+    requester_email: Mapped[str | None] = mapped_column(String(320))
+    subject: Mapped[str | None] = mapped_column(String(500))
+    text: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from app.accounts.models import Channel, User
+from app.accounts import records
+from app.accounts.records import ChannelRecord as Channel
 from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
@@ -134,7 +135,7 @@ def describe_link(token: str, purpose: str, tenant_id: uuid.UUID) -> LinkNotice 
         return None
     case = db.session.get(RecoveryCase, link.case_id)
     assert case is not None  # links belong to their case (foreign key)
-    user = db.session.get(User, case.user_id) if case.user_id else None
+    user = records.user_by_id(case.user_id)
     runs_at = None
     if purpose == "cancel":
         runs_at = db.session.scalar(select(CaseAction.execute_after).where(
@@ -158,10 +159,7 @@ def link_tenant_slug(token: str, purpose: str) -> str | None:
 def channels_before(case: RecoveryCase) -> list[Channel]:
     """The user's channels as they stood when the case opened: added before it, and not removed
     before it (a channel an attacker removed during the case is still told)."""
-    return list(db.session.scalars(select(Channel).where(
-        Channel.user_id == case.user_id, Channel.added_at < case.opened_at,
-        (Channel.removed_at.is_(None)) | (Channel.removed_at > case.opened_at),
-    ).order_by(Channel.added_at)).all())
+    return records.channels_on_file_at(case.user_id, case.opened_at)
 
 
 def announce(case: RecoveryCase, event: str, *, cancel_ttl: timedelta | None = None) -> int:
@@ -183,7 +181,7 @@ def deliver_notice(case_id: uuid.UUID, event: str, channel_id: uuid.UUID, report
     from app.messaging import send
 
     case = db.session.get(RecoveryCase, case_id)
-    channel = db.session.get(Channel, channel_id)
+    channel = records.channel(channel_id)
     report = db.session.get(RecoveryLink, report_link_id)
     if case is None or channel is None or report is None:
         return False

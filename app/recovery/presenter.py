@@ -8,8 +8,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from app.accounts.models import User
-from app.accounts.services import active_factors, backup_codes_remaining, mask_phone
+from app.accounts import records
+from app.accounts.records import UserRecord as User
+from app.accounts.services import backup_codes_remaining, mask_phone
 from app.actor import Actor
 from app.audit.models import AuditEvent
 from app.extensions import db
@@ -33,7 +34,7 @@ def recommended_path(user: User | None) -> dict[str, str] | None:
         return {"path": "federated_signin",
                 "reason": f"A federated identity is linked ({issuers}): the user signs in with it and "
                           "re-enrols; no reset needed."}
-    detail = "no backup codes remain" + ("" if active_factors(user) else " and no factor is enrolled")
+    detail = "no backup codes remain" + ("" if records.has_active_factor(user) else " and no factor is enrolled")
     return {"path": "force_mfa_reset", "reason": f"{detail.capitalize()}: force an MFA reset."}
 
 
@@ -46,7 +47,7 @@ def list_cases(actor: Actor, *, state: str | None, limit: int) -> list[RecoveryC
 
 def describe_case(actor: Actor, case_id: uuid.UUID | str) -> dict[str, Any]:
     case = load_case(actor, case_id)
-    user = db.session.get(User, case.user_id) if case.user_id else None
+    user = records.user_by_id(case.user_id)
     evidence = db.session.scalars(select(Evidence).where(Evidence.case_id == case.id)
                                   .order_by(Evidence.recorded_at)).all()
     timeline = db.session.scalars(select(AuditEvent).where(

@@ -12,9 +12,10 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from app.accounts.models import Channel, SigninAttempt, User
-from app.extensions import db, utcnow
-from app.recovery.models import RecoveryCase
+from app.accounts import records
+from app.accounts.records import UserRecord as User
+from app.extensions import db
+from app.recovery.models import CaseRequest, RecoveryCase
 from app.tenants.models import Tenant
 
 # Pressure language: the classic social-engineering lever the runbook tells agents to refuse.
@@ -25,7 +26,6 @@ _URGENCY = re.compile(
     r"the ceo|my boss will|you'?ll be (fired|in trouble)|don'?t have time|no time)\b",
     re.IGNORECASE,
 )
-_FAILED = ("bad_password", "bad_factor")
 
 
 @dataclass(frozen=True)
@@ -39,17 +39,7 @@ def unusual_activity(tenant: Tenant, user: User) -> tuple[bool, int]:
     """Several failed sign-ins in the window from IPs never seen in a successful sign-in."""
     hours = int(tenant.setting("unusual_activity_window_hours"))
     threshold = int(tenant.setting("unusual_activity_failed_signins"))
-    known_ips = select(SigninAttempt.ip).where(
-        SigninAttempt.user_id == user.id, SigninAttempt.result == "succeeded", SigninAttempt.ip.is_not(None)
-    )
-    failures = db.session.scalar(
-        select(func.count()).select_from(SigninAttempt).where(
-            SigninAttempt.user_id == user.id,
-            SigninAttempt.result.in_(_FAILED),
-            SigninAttempt.occurred_at >= utcnow() - timedelta(hours=hours),
-            SigninAttempt.ip.not_in(known_ips),
-        )
-    ) or 0
+    failures = records.failed_signins_from_unknown_ips(user.id, hours)
     return failures >= threshold, failures
 
 
@@ -64,15 +54,13 @@ def screen(tenant: Tenant, case: RecoveryCase, user: User) -> RiskResult:
     if unusual:
         return RiskResult(refuse="unusual_activity", facts=facts)
     flags: list[str] = []
-    if is_urgent(case.subject, case.text):
+    # Every request of the case counts: a second ticket's "URGENT, skip the checks" too.
+    joined = db.session.execute(select(CaseRequest.subject, CaseRequest.text).where(
+        CaseRequest.case_id == case.id, CaseRequest.joined.is_(True))).all()
+    if is_urgent(case.subject, case.text, *(t for row in joined for t in row)):
         flags.append("urgency")
     since = case.opened_at - timedelta(days=int(tenant.setting("recent_channel_change_days")))
-    changed = db.session.scalar(
-        select(func.count()).select_from(Channel).where(
-            Channel.user_id == user.id,
-            (Channel.added_at >= since) | (Channel.removed_at >= since),
-        )
-    ) or 0
+    changed = records.channel_changes_since(user.id, since)
     if changed:
         flags.append("recent_channel_change")
     if user.privileged:

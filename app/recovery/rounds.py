@@ -10,7 +10,7 @@ from itertools import combinations
 
 from sqlalchemy import select
 
-from app.accounts.models import User
+from app.accounts import records
 from app.extensions import db
 from app.recovery.models import Evidence, RecoveryCase, VerificationCall
 from app.tenants.models import Tenant
@@ -33,7 +33,7 @@ def accepted_types(case: RecoveryCase) -> list[str]:
 def required_types(case: RecoveryCase) -> int:
     """How many independent acceptable types this case needs (tenant policy)."""
     tenant = db.session.get(Tenant, case.tenant_id)
-    user = db.session.get(User, case.user_id) if case.user_id else None
+    user = records.user_by_id(case.user_id)
     assert tenant is not None
     if tenant.setting("strict_two_evidence_types"):
         return 2
@@ -61,7 +61,7 @@ def evidence_sufficient(case: RecoveryCase) -> bool:
     needed = required_types(case)
     if len({e.type for e in evidence}) < needed:
         return False
-    user = db.session.get(User, case.user_id) if case.user_id else None
+    user = records.user_by_id(case.user_id)
     return not (needed >= 2 and user is not None and user.privileged) or two_people(evidence)
 
 

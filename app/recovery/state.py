@@ -9,8 +9,9 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from app.accounts.models import User
-from app.accounts.services import active_factors, agent_owns_user, revoke_sessions
+from app.accounts import records
+from app.accounts.records import UserRecord as User
+from app.accounts.services import agent_owns_user
 from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
@@ -20,6 +21,7 @@ from app.recovery import models as m
 from app.recovery.models import RecoveryCase, VerificationCall
 from app.recovery.pending import cancel_pending
 from app.tenants.models import Agent, Tenant
+from app.tenants.step_up import require_step_up
 
 REFUSAL_TRIGGERS = ("unverifiable", "urgency", "unusual_activity", "agent_judgement")
 
@@ -50,8 +52,10 @@ ALLOWED_FROM: dict[str, tuple[str, ...]] = {
     "record_enrolment": (m.VERIFIED, m.AWAITING_ENROLMENT),
     # Federated evidence (app/recovery/federated.py): a link that starts an observed sign-in.
     "send_federated_signin_link": (m.AWAITING_VERIFICATION,),
+    # An action an external directory refused for good, queued again once the backend is fixed.
+    "retry_action": (m.VERIFIED, m.AWAITING_ENROLMENT),
 }
-SENIOR_ONLY = {"resume", "reopen", "approve"}
+SENIOR_ONLY = {"resume", "reopen", "approve", "retry_action"}
 # Actions only a senior admin may take from these states: ending a suspected attack is a
 # decision on an incident (the user stays suspended), not a support agent's call.
 SENIOR_ONLY_FROM: dict[str, tuple[str, ...]] = {"refuse": (m.SUSPECTED_ATTACK,)}
@@ -105,12 +109,15 @@ def require(case: RecoveryCase, action: str, actor: Actor) -> None:
         # (a suspension would otherwise bring it back as an open case).
         raise CaseRefused("The case was refused; only a senior admin may act on it.",
                           details={"state": case.state})
+    # Last, so a refusal for the state or the role comes first: a console actor's recent second
+    # factor, or a tenant that forbids destructive actions by token (app/tenants/step_up.py).
+    require_step_up(actor, action)
 
 
 def is_own_account(actor: Actor, case: RecoveryCase) -> bool:
     """Whether the acting agent is the case's user (`accounts.services.agent_owns_user`)."""
     agent = db.session.get(Agent, uuid.UUID(actor.id)) if actor.id else None
-    user = db.session.get(User, case.user_id)
+    user = records.user_by_id(case.user_id)
     return agent is not None and user is not None and agent_owns_user(agent, user)
 
 
@@ -137,7 +144,7 @@ def move(case: RecoveryCase, state: str) -> None:
 
 def case_user(case: RecoveryCase) -> User:
     """The case's user; a case that names no account has nobody to act on."""
-    user = db.session.get(User, case.user_id) if case.user_id else None
+    user = records.user_by_id(case.user_id)
     if user is None:
         raise Conflict("The case names no account.", details={"state": case.state})
     return user
@@ -168,21 +175,19 @@ def close_enrolment_window(actor: Actor, case: RecoveryCase, reason: str) -> Non
     knows the password could otherwise sign in to an enrolment session and bind their own
     factor. Restricted sessions are revoked and `enrolment_closed_at` refuses a factor-less
     sign-in until a case of the user is verified in a later round (`reopen_enrolment_window`)."""
-    user = db.session.get(User, case.user_id) if case.user_id else None
-    if user is None or user.enrolment_closed_at is not None or active_factors(user):
+    user = records.user_by_id(case.user_id)
+    revoked = records.close_enrolment(user) if user is not None else None
+    if user is None or revoked is None:
         return
-    user.enrolment_closed_at = utcnow()
-    revoked = revoke_sessions(user.id, scope="restricted")
     record_event(actor, AuditAction.USER_ENROLMENT_CLOSED, tenant_id=case.tenant_id, target_user_id=user.id,
                  case_id=case.id, reason=reason, details={"sessions_revoked": revoked, "state": case.state})
 
 
 def reopen_enrolment_window(actor: Actor, case: RecoveryCase, reason: str | None) -> None:
     """The case was verified in a round after the one that closed the window: enrolment again."""
-    user = db.session.get(User, case.user_id) if case.user_id else None
-    if user is None or user.enrolment_closed_at is None:
+    user = records.user_by_id(case.user_id)
+    if user is None or not records.reopen_enrolment(user):
         return
-    user.enrolment_closed_at = None
     record_event(actor, AuditAction.USER_ENROLMENT_REOPENED, tenant_id=case.tenant_id, target_user_id=user.id,
                  case_id=case.id, reason=reason, details={"round": case.round})
 

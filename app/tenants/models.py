@@ -8,6 +8,7 @@ from sqlalchemy import Boolean, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.extensions import JSONType, UTCDateTime, db, new_id, utcnow
+from integrations.directory.registry import DirectoryConfig
 
 ROLES = ("support_agent", "senior_admin")
 
@@ -32,6 +33,10 @@ DEFAULT_TENANT_SETTINGS: dict[str, Any] = {
     "verification_texts_per_tenant_per_hour": 200,
     # The IANA zone whose calendar day "before today" means in the channel-age rule.
     "time_zone": "UTC",
+    # Whether an agent's API token (which has no second factor) may take a destructive action
+    # (force reset, temporary password, admin backup codes, suspend, approve); the console always
+    # needs a recent step-up for them.
+    "destructive_actions_by_token": True,
 }
 
 
@@ -46,6 +51,23 @@ class Tenant(db.Model):  # type: ignore[name-defined]
 
     def setting(self, name: str) -> Any:
         return (self.settings or {}).get(name, DEFAULT_TENANT_SETTINGS[name])
+
+    def directory_config(self) -> DirectoryConfig:
+        """Where the tenant's users and factors live (integrations/directory/registry.py): the
+        built-in directory unless `rekey directory configure` chose another; the token opened."""
+        row = db.session.get(TenantDirectory, self.id)
+        if row is None:
+            return DirectoryConfig(tenant_id=str(self.id))
+        from app.crypto import decrypt
+
+        return DirectoryConfig(tenant_id=str(self.id), kind=row.kind, url=row.url or "", realm=row.realm or "",
+                               token=decrypt(row.token_encrypted) if row.token_encrypted else "",
+                               options=dict(row.options or {}))
+
+    @property
+    def directory_kind(self) -> str:
+        row = db.session.get(TenantDirectory, self.id)
+        return row.kind if row is not None else "builtin"
 
 
 class Agent(db.Model):  # type: ignore[name-defined]
@@ -90,3 +112,22 @@ class AgentToken(db.Model):  # type: ignore[name-defined]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class TenantDirectory(db.Model):  # type: ignore[name-defined]
+    """The tenant's directory when it is not the built-in one (issue 11): its kind, where it is,
+    and the service token, encrypted at rest like every other secret (configuring again rotates it)."""
+
+    __tablename__ = "tenant_directories"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str | None] = mapped_column(String(500))
+    realm: Mapped[str | None] = mapped_column(String(200))
+    options: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    token_encrypted: Mapped[str | None] = mapped_column(String(4000))
+    token_set_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When the last `rekey directory sync` (or the beat task) mirrored the tenant's users.
+    synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

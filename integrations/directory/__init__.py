@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 class DirectoryError(Exception):
@@ -73,6 +73,9 @@ class UserDescription:
 @dataclass(frozen=True)
 class ResetResult:
     removed: tuple[str, ...]  # references of the factors removed by this call (empty on a repeat)
+    # Optional, non-secret counts for the audit event (the built-in directory's factors, codes,
+    # sessions and devices; an adapter may leave it empty).
+    details: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class IssuedSecret:
     reference: str  # the backend's id for it (a tan token serial, a registration token serial)
     secrets: tuple[str, ...]  # the codes, or the one temporary password: sealed at once, never logged
     expires_at: datetime | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # optional, non-secret facts for the audit event
 
 
 @runtime_checkable

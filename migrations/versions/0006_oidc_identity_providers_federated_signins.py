@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = '0006_oidc'
-down_revision = '0005_rounds'
+down_revision = '0006_intake'
 branch_labels = None
 depends_on = None
 

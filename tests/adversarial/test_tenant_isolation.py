@@ -40,6 +40,10 @@ PROVIDER = "provider callback: Twilio's signature; the call is found by Twilio's
 LINK = "signed link: the token is the credential, no tenant credential is involved"
 LINK_PAGE = "link page: the token is the credential and the tenant in the path must be the link's own"
 PUBLIC = "public: health, the API document and our static files, no tenant data"
+PAGE_SIGNIN = "sign-in page: the tenant in the path, credentials checked inside it"
+PAGE_PENDING = "sign-in page step 2: the pending sign-in's cookie, found only inside the tenant in the path"
+PAGE_SESSION = "signed-in page: the browser session's own user; another tenant's session is no session"
+PAGE_SESSION_ID = "signed-in page naming a key id: only the session's own keys exist"
 FEDERATED_PAGE = ("federated sign-in page: the tenant in the path; only its own identity providers can be "
                   "started (tests/unit/pages/test_federated_signin.py)")
 OIDC_CALLBACK = ("OpenID callback: the state is the credential, found only inside the tenant in the path and "
@@ -81,6 +85,25 @@ ROUTES: dict[tuple[str, str], str] = {
     ("/t/<tenant>/links/report/<token>", "POST"): LINK_PAGE,
     ("/t/<tenant>/links/cancel/<token>", "GET"): LINK_PAGE,
     ("/t/<tenant>/links/cancel/<token>", "POST"): LINK_PAGE,
+    ("/t/<tenant>/signin", "GET"): PAGE_SIGNIN,
+    ("/t/<tenant>/signin", "POST"): PAGE_SIGNIN,
+    ("/t/<tenant>/signin/verify", "GET"): PAGE_PENDING,
+    ("/t/<tenant>/signin/verify", "POST"): PAGE_PENDING,
+    ("/t/<tenant>/signin/key/options", "POST"): PAGE_PENDING,
+    ("/t/<tenant>/signin/key", "POST"): PAGE_PENDING,
+    ("/t/<tenant>/signout", "POST"): PAGE_SESSION,
+    ("/t/<tenant>/enrol", "GET"): PAGE_SESSION,
+    ("/t/<tenant>/enrol/totp", "POST"): PAGE_SESSION,
+    ("/t/<tenant>/enrol/totp/confirm", "POST"): PAGE_SESSION,
+    ("/t/<tenant>/enrol/key", "GET"): PAGE_SESSION,
+    ("/t/<tenant>/enrol/key", "POST"): PAGE_SESSION,
+    ("/t/<tenant>/enrol/key/options", "POST"): PAGE_SESSION,
+    ("/t/<tenant>/enrol/done", "GET"): PAGE_SESSION,
+    ("/t/<tenant>/backup-codes", "POST"): PAGE_SESSION,
+    ("/t/<tenant>/password", "GET"): PAGE_SESSION,
+    ("/t/<tenant>/password", "POST"): PAGE_SESSION,
+    ("/t/<tenant>/account", "GET"): PAGE_SESSION,
+    ("/t/<tenant>/account/keys/<key_id>/remove", "POST"): PAGE_SESSION_ID,
     ("/t/<tenant>/links/federated/<token>", "GET"): LINK_PAGE,
     ("/t/<tenant>/links/federated/<token>", "POST"): LINK_PAGE,
     ("/t/<tenant>/signin/federated", "GET"): FEDERATED_PAGE,
@@ -93,7 +116,8 @@ ROUTES: dict[tuple[str, str], str] = {
 }
 
 ACTIONS = ("force_mfa_reset", "generate_backup_codes", "set_temporary_password", "suspend_user", "approve",
-           "resume", "refuse", "reopen", "escalate", "send_follow_up", "close", "send_federated_signin_link")
+           "resume", "refuse", "reopen", "escalate", "send_follow_up", "close", "retry_action",
+           "send_federated_signin_link")
 
 
 def _app_routes(app: Any) -> set[tuple[str, str]]:
@@ -477,6 +501,107 @@ def test_static_serves_only_our_files(client: Any, name: str) -> None:
 
 
 # --- the probes are not vacuous: A's own agents reach every object ----------------------------
+
+
+# --- the sign-in, enrolment and account pages ---------------------------------------------------
+
+BROWSER_COOKIE = "__Host-rekey_session"
+
+
+def _browser_client(app: Any, side: Side) -> Any:
+    """A browser signed in as the side's user (a full browser session in its cookie)."""
+    from app.accounts.models import User
+    from app.accounts.services import open_session
+    from app.extensions import db
+
+    with app.app_context():
+        user = db.session.get(User, side.user.id)
+        token = open_session(user, scope="full", ip="203.0.113.9", kind="browser")
+        db.session.commit()
+    browser = app.test_client()
+    browser.set_cookie(BROWSER_COOKIE, token)
+    return browser
+
+
+def _page_token(browser: Any, path: str) -> str:
+    from tests.webpages import form_token
+
+    return form_token(browser.get(path))
+
+
+def test_b_browser_session_is_no_session_on_a_pages(app: Any, world: World, unchanged: Any) -> None:
+    a, b = world.a, world.b
+    browser = _browser_client(app, b)
+    session_routes = {r for r, kind in ROUTES.items() if kind == PAGE_SESSION}
+    token = _page_token(browser, f"/t/{a.tenant.slug}/signin")
+    probed = set()
+    for rule, method in sorted(session_routes):
+        path = rule.replace("<tenant>", a.tenant.slug)
+        with unchanged(a):
+            answer = browser.open(path, method=method, data={"csrf_token": token} if method == "POST" else None)
+        probed.add((rule, method))
+        if rule.endswith("/signout"):
+            assert answer.status_code == 303  # signing out of nothing: nothing of A's is touched
+        else:
+            assert answer.status_code == 303 and answer.headers["Location"].startswith(
+                f"/t/{a.tenant.slug}/signin"), (rule, method, answer.status_code)
+        _no_leak(answer, a)
+    assert probed == session_routes
+    # ...and the same session does reach B's own account page (the probe is not vacuous).
+    browser = _browser_client(app, b)
+    assert "Account security" in assert_page(browser.get(f"/t/{b.tenant.slug}/account"), 200)
+
+
+def test_b_browser_session_naming_a_key_of_a_gets_404(app: Any, world: World, unchanged: Any) -> None:
+    a, b = world.a, world.b
+    assert {r for r, kind in ROUTES.items() if kind == PAGE_SESSION_ID} == {
+        ("/t/<tenant>/account/keys/<key_id>/remove", "POST")}
+    browser = _browser_client(app, b)
+    token = _page_token(browser, f"/t/{b.tenant.slug}/account")
+    with unchanged(a):
+        answer = browser.post(f"/t/{b.tenant.slug}/account/keys/{a.key_id}/remove", data={"csrf_token": token})
+        assert_page(answer, 404)
+    _no_leak(answer, a)
+
+
+def test_a_credentials_at_b_signin_page_are_the_unknown_user_answer(app: Any, world: World,
+                                                                    unchanged: Any) -> None:
+    a, b = world.a, world.b
+    assert {r for r, kind in ROUTES.items() if kind == PAGE_SIGNIN} == {
+        ("/t/<tenant>/signin", "GET"), ("/t/<tenant>/signin", "POST")}
+    browser = app.test_client()
+    token = _page_token(browser, f"/t/{b.tenant.slug}/signin")
+    with unchanged(a):
+        answer = browser.post(f"/t/{b.tenant.slug}/signin", data={"csrf_token": token, "email": a.user.email,
+                                                                  "password": PASSWORD})
+        text = assert_page(answer, 401)
+    unknown = browser.post(f"/t/{b.tenant.slug}/signin", data={"csrf_token": token, "email": "nobody@example.com",
+                                                               "password": PASSWORD})
+    assert assert_page(unknown, 401) == text.replace(a.user.email, "nobody@example.com")
+    assert "The email, password or code is not correct." in text
+
+
+def test_a_pending_signin_cookie_is_worthless_at_b_pages(app: Any, world: World, unchanged: Any) -> None:
+    a, b = world.a, world.b
+    browser = app.test_client()
+    token = _page_token(browser, f"/t/{a.tenant.slug}/signin")
+    started = browser.post(f"/t/{a.tenant.slug}/signin", data={"csrf_token": token, "email": a.user.email,
+                                                               "password": PASSWORD})
+    assert started.status_code == 303 and started.headers["Location"] == f"/t/{a.tenant.slug}/signin/verify"
+    # At A the cookie reaches A's second step (the probe is not vacuous)...
+    assert "Security key" in assert_page(browser.get(f"/t/{a.tenant.slug}/signin/verify"), 200)
+    pending = browser.get_cookie("__Host-rekey_pending").value
+    token = _page_token(browser, f"/t/{b.tenant.slug}/signin")
+    pending_routes = {r for r, kind in ROUTES.items() if kind == PAGE_PENDING}
+    for rule, method in sorted(pending_routes):
+        path = rule.replace("<tenant>", b.tenant.slug)
+        browser.set_cookie("__Host-rekey_pending", pending)  # a refusal forgets it; each probe carries it
+        with unchanged(a):
+            answer = browser.open(path, method=method, data={"csrf_token": token, "code": "123456"},
+                                  headers={"X-CSRF-Token": token})
+        assert answer.status_code == 401, (rule, method, answer.status_code)
+        _no_leak(answer, a)
+    # ...and at B it is no sign-in at all.
 
 
 def test_a_agents_reach_every_probed_object(client: Any, world: World) -> None:

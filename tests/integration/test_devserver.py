@@ -22,12 +22,15 @@ import requests
 
 from app.config import Settings
 from app.devserver import Supervisor, choose_broker, free_port, redacted
+from tests.conftest import BROKER_REDIS_DB
 from tests.services import REDIS_BASE_URL, need
 
 pytestmark = pytest.mark.worker
 
 REKEY = str(Path(sys.executable).parent / "rekey")
-DEVSERVER_REDIS_DB = 12  # the suite's own Redis database; a developer's db 0 is never touched
+# This worker's own Redis database (REKEY_TEST_REDIS_DB + the xdist worker number), flushed first:
+# a developer's db 0 and another worker's or session's queue are never touched.
+DEVSERVER_REDIS_DB = BROKER_REDIS_DB
 READY_TIMEOUT = 60.0
 TASK_TIMEOUT = 45.0
 STOP_TIMEOUT = 40.0
@@ -201,6 +204,7 @@ class TestRunOnRedis:
         assert f"rekey run: database: sqlite:///{runner.instance / 'rekey.sqlite3'}" in out
         assert f"rekey run: web: http://localhost:{runner.port}" in out
         assert f"rekey run: pages: http://localhost:{runner.port}/t/<tenant>/" in out
+        assert f"rekey run: sign-in page: http://localhost:{runner.port}/t/<tenant>/signin" in out
         pids = runner.child_pids()
         assert set(pids) == {"web", "worker", "beat"}
 

@@ -69,7 +69,8 @@ class TestGetUser:
         with app.app_context(), pytest.raises(NotFound):
             services.get_user(other.id, user.id)
 
-    @pytest.mark.parametrize("raw", ["not-a-uuid", "", "1" * 200, str(uuid.uuid4())])
+    @pytest.mark.parametrize("raw", ["not-a-uuid", "", "1" * 200, str(uuid.uuid4())],
+                             ids=["not-a-uuid", "empty", "overlong", "unknown"])
     def test_get_user_with_a_malformed_or_unknown_id_is_not_found(self, app, world, raw):
         with app.app_context(), pytest.raises(NotFound):
             services.get_user(world.tenant.id, raw)
