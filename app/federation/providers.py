@@ -31,7 +31,11 @@ def _issuer(raw: str) -> str:
     """An issuer identifier (OpenID Connect Discovery: an https URL without query or fragment),
     kept exactly as given: it must equal every ID token's `iss`, character for character."""
     issuer = _text(raw, "issuer", 300)
-    parts = urlsplit(issuer)
+    try:
+        parts = urlsplit(issuer)
+        parts.port  # noqa: B018  (a port that is not a number raises here)
+    except ValueError as exc:
+        raise ValidationFailed("The issuer is not a URL.", details={"fields": {"issuer": ["Not a URL."]}}) from exc
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValidationFailed("The issuer is a URL without query, fragment or credentials.",
                                details={"fields": {"issuer": ["No query, fragment or credentials."]}})

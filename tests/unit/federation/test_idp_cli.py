@@ -57,6 +57,10 @@ def test_idp_add_stores_the_secret_encrypted_and_lists_without_it(app, rekey, fa
     ("https://10.0.0.5", "non-global"),  # a private address: the SSRF guard
     ("https://login.acme.example?x=1", "query"),
     ("not a url", "http"),
+    ("https://[::1", "not a URL"),
+    ("https://idp.example:99999", "not a URL"),
+    ("https://idp.example/\x00", "printable"),
+    ("https://" + "a" * 400 + ".example", "at most 300"),
 ])
 def test_idp_add_refuses_an_issuer_rekey_must_not_call(rekey, factory, issuer, why):
     tenant = factory.tenant()
