@@ -31,16 +31,24 @@ def _issuer(raw: str) -> str:
     """An issuer identifier (OpenID Connect Discovery: an https URL without query or fragment),
     kept exactly as given: it must equal every ID token's `iss`, character for character."""
     issuer = _text(raw, "issuer", 300)
-    parts = urlsplit(issuer)
+    try:
+        parts = urlsplit(issuer)
+        parts.port  # noqa: B018  (a port that is not a number raises here)
+    except ValueError as exc:
+        raise ValidationFailed("The issuer is not a URL.", details={"fields": {"issuer": ["Not a URL."]}}) from exc
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValidationFailed("The issuer is a URL without query, fragment or credentials.",
                                details={"fields": {"issuer": ["No query, fragment or credentials."]}})
     try:
-        # The same guard as every outbound call: https, or http to an allow-listed host only.
+        # The same guard as every outbound call: https, or http to an allow-listed host only, and
+        # no private address. It runs again at every call (DNS may change); a name that does not
+        # resolve from here yet is not refused for that.
         check_destination(issuer, OutboundPolicy.from_env())
-    except (BlockedDestinationError, TransientDeliveryError) as exc:
+    except BlockedDestinationError as exc:
         raise ValidationFailed(f"Rekey cannot call this issuer: {exc}.",
                                details={"fields": {"issuer": [str(exc)]}}) from exc
+    except TransientDeliveryError:
+        pass
     return issuer
 
 

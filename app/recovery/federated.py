@@ -19,8 +19,16 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 
-from app.accounts.models import Channel, FederatedIdentity, MfaFactor, SigninAttempt, User
-from app.accounts.services import open_session
+from app.accounts import records
+from app.accounts.federated import (
+    IdentityRecord,
+    enrolment_refusal,
+    linked_identity,
+    linked_issuers,
+    open_enrol_only_session,
+)
+from app.accounts.records import ChannelRecord as Channel
+from app.accounts.records import UserRecord as User
 from app.actor import Actor
 from app.audit.models import AuditAction
 from app.audit.services import record_event
@@ -79,19 +87,14 @@ class FederatedOutcome:
 
 def _linked_providers(case: RecoveryCase, user: User) -> list[IdentityProvider]:
     """The tenant's providers at which the user has an identity linked before the case opened."""
-    issuers = set(db.session.scalars(select(FederatedIdentity.issuer).where(
-        FederatedIdentity.user_id == user.id, FederatedIdentity.tenant_id == case.tenant_id,
-        FederatedIdentity.linked_at < case.opened_at)).all())
+    issuers = linked_issuers(case.tenant_id, user.id, case.opened_at)
     return [p for p in list_identity_providers(case.tenant_id) if p.issuer in issuers]
 
 
 def _channel_on_file(case: RecoveryCase, channel_id: str) -> Channel:
     """A channel of the case's user that predates the case's day (tenant's clock) and was not
     verified in a round that ended as a suspected attack: the verification call's rules."""
-    try:
-        channel = db.session.get(Channel, uuid.UUID(str(channel_id)))
-    except ValueError:
-        channel = None
+    channel = records.channel(channel_id)
     if channel is None or channel.user_id != case.user_id or channel.removed_at is not None:
         raise NotFound("No such channel on this user.")
     day_started = start_of_case_day(case)
@@ -180,7 +183,7 @@ def deliver_federated_signin_link(signin_id: uuid.UUID) -> bool:
         return False
     if not claim_effect(f"federated-link:{link.id}"):
         return False
-    channel = db.session.get(Channel, link.channel_id)
+    channel = records.channel(link.channel_id)
     provider = db.session.get(IdentityProvider, link.provider_id)
     tenant = db.session.get(Tenant, link.tenant_id)
     assert channel is not None and provider is not None and tenant is not None
@@ -305,12 +308,6 @@ def _not_before(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
-def _linked_identity(tenant_id: uuid.UUID, issuer: str, subject: str) -> FederatedIdentity | None:
-    return db.session.scalars(select(FederatedIdentity).where(
-        FederatedIdentity.tenant_id == tenant_id, FederatedIdentity.issuer == issuer,
-        FederatedIdentity.subject == subject)).first()
-
-
 def _evidence_problem(flow: FederatedSignin, case: RecoveryCase, token: VerifiedIdToken,
                       issued: datetime) -> tuple[str, str] | None:
     """Why this verified sign-in does not verify the case's user, or None."""
@@ -319,7 +316,7 @@ def _evidence_problem(flow: FederatedSignin, case: RecoveryCase, token: Verified
     if token.auth_time < _not_before(issued) or token.auth_time < _not_before(case.opened_at):
         # An old session at the provider (or a token from before the link) proves nothing now.
         return "auth_time_too_early", "The sign-in at the identity provider happened before this request."
-    identity = _linked_identity(case.tenant_id, token.issuer, token.subject)
+    identity = linked_identity(case.tenant_id, token.issuer, token.subject)
     if identity is None or identity.user_id != case.user_id:
         return "not_linked", "This identity is not the one linked to the account."
     if identity.linked_at >= case.opened_at:
@@ -332,14 +329,14 @@ def _record_evidence(actor: Actor, flow: FederatedSignin, provider: IdentityProv
     problem = _evidence_problem(flow, case, token, flow.created_at)
     if problem is not None:
         raise _refused(actor, flow, provider, case, *problem)
-    identity = _linked_identity(case.tenant_id, token.issuer, token.subject)
+    identity = linked_identity(case.tenant_id, token.issuer, token.subject)
     assert identity is not None
     flow.result, flow.user_id = "verified", case.user_id
     return accept_evidence(actor, case, "federated_signin", _evidence_details(flow, provider, identity, token),
                            EVIDENCE_REASON)
 
 
-def _evidence_details(flow: FederatedSignin, provider: IdentityProvider, identity: FederatedIdentity,
+def _evidence_details(flow: FederatedSignin, provider: IdentityProvider, identity: IdentityRecord,
                       token: VerifiedIdToken) -> dict[str, str]:
     return {"identity_id": str(identity.id), "issuer": provider.issuer, "provider_id": str(provider.id),
             "signin_id": str(flow.id), "via": flow.purpose,
@@ -353,39 +350,28 @@ def _sign_in(actor: Actor, flow: FederatedSignin, provider: IdentityProvider,
     if token.auth_time < _not_before(flow.started_at or flow.created_at):
         raise _refused(actor, flow, provider, None, "auth_time_too_early",
                        "The sign-in at the identity provider happened before you pressed the button.")
-    identity = _linked_identity(flow.tenant_id, token.issuer, token.subject)
-    user = db.session.get(User, identity.user_id) if identity else None
+    identity = linked_identity(flow.tenant_id, token.issuer, token.subject)
+    user = records.user_by_id(identity.user_id) if identity else None
     if identity is None or user is None:
         raise _refused(actor, flow, provider, None, "not_linked",
                        "No account here is linked to this identity.")
     # The user's open case first (the case lock comes before the user's own rows).
     case = db.session.scalars(select(RecoveryCase).where(
         RecoveryCase.user_id == user.id, RecoveryCase.state.in_(m.OPEN_STATES)).with_for_update()).first()
-    if user.status != "active":
-        raise _refused(actor, flow, provider, case, "suspended", "This account is suspended.", user.id)
+    refusal = enrolment_refusal(user)
+    if refusal is not None:
+        raise _refused(actor, flow, provider, case, *refusal, user.id)
     if case is not None and identity.linked_at >= case.opened_at:
         # Linked while a recovery is open: it may be the requester's own identity, not the owner's.
         raise _refused(actor, flow, provider, case, "linked_after_case_opened",
                        "This identity was linked to the account after a recovery request was made.", user.id)
-    has_factor = db.session.scalars(select(MfaFactor.id).where(
-        MfaFactor.user_id == user.id, MfaFactor.status == "active")).first() is not None
-    if user.enrolment_closed_at is not None and not has_factor:
-        raise _refused(actor, flow, provider, case, "enrolment_closed",
-                       "This account cannot enrol a factor until support verifies you again.", user.id)
     evidence = None
     if case is not None and case.state == m.AWAITING_VERIFICATION and _evidence_problem(
             flow, case, token, flow.started_at or flow.created_at) is None:
         evidence = accept_evidence(actor, case, "federated_signin",
                                    _evidence_details(flow, provider, identity, token), EVIDENCE_REASON)
     flow.result, flow.user_id = "verified", user.id
-    session = open_session(user, scope="restricted", ip=actor.ip, kind="browser")
-    db.session.add(SigninAttempt(tenant_id=flow.tenant_id, user_id=user.id, email=user.email, ip=actor.ip,
-                                 result="succeeded", method="oidc", occurred_at=utcnow()))
-    user_actor = Actor(type="user", id=str(user.id), tenant_id=flow.tenant_id, ip=actor.ip,
-                       request_id=actor.request_id)
-    record_event(user_actor, AuditAction.SIGNIN_SUCCEEDED, tenant_id=flow.tenant_id, target_user_id=user.id,
-                 case_id=case.id if case else None,
-                 details={"method": "oidc", "status": "enrolment_required", "session_scope": "restricted",
-                          "provider_id": str(provider.id), "issuer": provider.issuer,
-                          "evidence_recorded": evidence is not None})
+    session = open_enrol_only_session(user, actor, case_id=case.id if case else None,
+                                      facts={"provider_id": str(provider.id), "issuer": provider.issuer,
+                                             "evidence_recorded": evidence is not None})
     return FederatedOutcome("signin", evidence, session)

@@ -49,6 +49,10 @@ CONSOLE_SELF = ("console sign-in and own session: the tenant named in the form, 
                 "agent (second factor, enrolment, step-up, sign-out); names no id")
 CONSOLE_LIST = "console: B's console session; the queue and the audit download are B's own"
 CONSOLE_INVITATION = "console invitation: the token is the credential"
+FEDERATED_PAGE = ("federated sign-in page: the tenant in the path; only its own identity providers can be "
+                  "started (tests/unit/pages/test_federated_signin.py)")
+OIDC_CALLBACK = ("OpenID callback: the state is the credential, found only inside the tenant in the path and "
+                 "bound to the browser that started it (tests/unit/recovery/test_federated.py)")
 
 ROUTES: dict[tuple[str, str], str] = {
     ("/v1/admin/users/<user_id>", "GET"): AGENT,
@@ -106,6 +110,11 @@ ROUTES: dict[tuple[str, str], str] = {
     ("/t/<tenant>/password", "POST"): PAGE_SESSION,
     ("/t/<tenant>/account", "GET"): PAGE_SESSION,
     ("/t/<tenant>/account/keys/<key_id>/remove", "POST"): PAGE_SESSION_ID,
+    ("/t/<tenant>/links/federated/<token>", "GET"): LINK_PAGE,
+    ("/t/<tenant>/links/federated/<token>", "POST"): LINK_PAGE,
+    ("/t/<tenant>/signin/federated", "GET"): FEDERATED_PAGE,
+    ("/t/<tenant>/signin/federated", "POST"): FEDERATED_PAGE,
+    ("/t/<tenant>/oidc/callback", "GET"): OIDC_CALLBACK,
     ("/healthz", "GET"): PUBLIC,
     ("/readyz", "GET"): PUBLIC,
     ("/openapi.json", "GET"): PUBLIC,
@@ -144,7 +153,8 @@ ROUTES: dict[tuple[str, str], str] = {
 }
 
 ACTIONS = ("force_mfa_reset", "generate_backup_codes", "set_temporary_password", "suspend_user", "approve",
-           "resume", "refuse", "reopen", "escalate", "send_follow_up", "close", "retry_action")
+           "resume", "refuse", "reopen", "escalate", "send_follow_up", "close", "retry_action",
+           "send_federated_signin_link")
 
 
 def _app_routes(app: Any) -> set[tuple[str, str]]:
@@ -211,6 +221,12 @@ def agent_probes(a: Side, b: Side) -> list[Probe]:
                             f"{case}/actions/{action}",
                             {"reason": "cross-tenant probe", "backup_codes_unusable": "lost them too"}
                             if action == "force_mfa_reset" else {"reason": "cross-tenant probe"}))
+    probes.append(Probe(("/v1/admin/cases/<case_id>/actions/<action>", "POST"), "a federated link on A's case to "
+                        "A's phone", f"{case}/actions/send_federated_signin_link",
+                        {"reason": "cross-tenant probe", "channel_id": a.channel_id}))
+    probes.append(Probe(("/v1/admin/cases/<case_id>/actions/<action>", "POST"), "a federated link on B's case to "
+                        "A's phone", f"{own}/actions/send_federated_signin_link",
+                        {"reason": "cross-tenant probe", "channel_id": a.channel_id}))
     return probes
 
 

@@ -122,6 +122,8 @@ def test_screenshot_of_every_signin_page(world: Any, page: Any, shots: Path) -> 
     _shoot(page, shots, "account")
     page.get_by_role("link", name="Change your password").click()
     _shoot(page, shots, "password")
+
+
 # --- the agent console (issue 10) ------------------------------------------------------------------
 
 
@@ -152,3 +154,37 @@ def test_screenshot_of_the_console(world: Any, browser: Any, live_server: Any, s
     console.goto(f"/console/users/{c.user.id}?case={verified}")
     _shoot_console(console, shots, "console-mfa-tab")
     console.context.close()
+
+
+def test_screenshot_of_the_federated_pages(world: Any, page: Any, shots: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The federated sign-in page, and a federated sign-in link from an agent with the page it
+    ends on, through a local OpenID provider (allow-listed on 127.0.0.1)."""
+    from urllib.parse import urlsplit
+
+    from integrations.fakes.oidc import FakeOpenIDProvider
+    from tests.factories import LONG_AGO
+    from tests.oidc_flow import channel_of, register_provider, send_link
+    from tests.recovery_steps import messages, open_case, state
+
+    monkeypatch.setenv("REKEY_OUTBOUND_ALLOWLIST", "127.0.0.1")
+    with FakeOpenIDProvider(subject="00u-kim-0001", interactive=True) as provider:
+        c = cast(world, tenant_name="Acme Corp", display_name="Kim Lee",
+                 federated=[(provider.issuer, provider.subject, LONG_AGO)])
+        register_provider(world.app, c.tenant, provider, name="Acme SSO")
+        page.goto(f"/t/{c.tenant.slug}/signin/federated")
+        _shoot(page, shots, "federated-signin")
+
+        case_id = open_case(world, c)
+        r = send_link(world.client, c.agent, case_id, channel_of(world.app, c.user, "email"))
+        assert r.status_code == 200, r.json
+        sent = world.settle(lambda: messages(world, "federated-link:"), "the link sent by the worker")
+        link = next(word for word in sent[-1]["body"].split() if "/links/federated/" in word)
+        page.goto(urlsplit(link).path)
+        _shoot(page, shots, "federated-link")
+        page.get_by_role("button", name="Sign in with Acme SSO").click()
+        page.get_by_role("heading", name="Test identity provider").wait_for()
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("heading", name="Thank you, your sign-in is confirmed").wait_for()
+        _shoot(page, shots, "federated-done")
+    assert state(world, case_id, c.agent) == "verified"

@@ -276,7 +276,7 @@ class TestObservedSignin:
 
         page = sign_in_via_link(client, path)
 
-        assert "you are verified" in assert_page(page, 200).lower()
+        assert "your sign-in is confirmed" in assert_page(page, 200).lower()
         assert page.headers["Referrer-Policy"] == "no-referrer"
         case = case_row(app, opened.case_id)
         assert case.state == "verified"
@@ -312,7 +312,7 @@ class TestObservedSignin:
 
         assert "Acme SSO" in text
         assert [r for r in fake_oidc.requests if r.path == "/authorize"] == []
-        assert "you are verified" in assert_page(sign_in_via_link(client, path), 200).lower()
+        assert "your sign-in is confirmed" in assert_page(sign_in_via_link(client, path), 200).lower()
 
     def test_a_privileged_user_one_agent_plus_the_system_is_two_people(self, app, client, factory, dev_outbox,
                                                                       fake_oidc, pg):
