@@ -10,7 +10,7 @@ from sqlalchemy.dialects import postgresql
 
 
 revision = '0006_ops'
-down_revision = '0005_rounds'
+down_revision = '0006_seam'
 branch_labels = None
 depends_on = None
 
