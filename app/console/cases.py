@@ -16,7 +16,7 @@ from app.audit.models import AuditAction
 from app.audit.services import AuditFilter, export_lines, record_event
 from app.console import console, queries, signin
 from app.console.session import agent_page
-from app.errors import RekeyError, ValidationFailed
+from app.errors import NotFound, RekeyError, ValidationFailed
 from app.extensions import db
 from app.recovery import evidence
 from app.recovery.commands import AGENT_ACTIONS, perform_action
@@ -56,7 +56,10 @@ def _case_page(case_id: str, *, status: int = 200, **extra: Any) -> Response:
 
 def _refused(case_id: str, exc: RekeyError, **extra: Any) -> Response:
     """Show the refusal on the case page. A refusal that must be recorded (a rejected method, a
-    wrong code) keeps its audit row; anything else is rolled back first."""
+    wrong code) keeps its audit row; anything else is rolled back first. Not found (another
+    tenant's case, a call of another case) is the plain not-found page."""
+    if exc.status == 404:
+        raise exc
     if exc.keep_changes:
         g.keep_changes = True
     else:
@@ -128,6 +131,8 @@ def confirm_call(case_id: str, call_id: str) -> Any:
 def act(case_id: str, action: str) -> Any:
     """One of the runbook's actions: a reason, a confirmation for what cannot be undone, and for
     a destructive one a recent second factor (an authenticator code may come with the form)."""
+    if action not in AGENT_ACTIONS:
+        raise NotFound("No such action.")
     form = _form()
     params: dict[str, Any] = {"reason": form.get("reason", "")}
     for key in ("trigger", "action_id"):
@@ -233,7 +238,7 @@ def audit_download(fmt: str) -> Any:
     """The tenant's audit trail, filtered, as CSV or JSON lines (streamed); the export itself is
     audited, as the API's is ("every admin-initiated MFA reset in the last 90 days")."""
     if fmt not in ("csv", "jsonl"):
-        raise ValidationFailed("The format is csv or jsonl.")
+        raise NotFound("The audit trail downloads as audit.csv or audit.jsonl.")
     flt, query = _audit_filter()
     record_event(g.actor, AuditAction.AUDIT_EXPORTED, details={"format": fmt, "door": "console", **query})
     db.session.commit()

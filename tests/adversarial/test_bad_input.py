@@ -552,7 +552,7 @@ def _valid_args(world: World) -> dict[str, str]:
     return {"case_id": a.case_id, "user_id": a.user_id, "call_id": a.call_id, "action": "refuse",
             "integration_id": str(a.integration.id), "token": uuid.uuid4().hex + ".00",
             "key_id": a.key_id, "tenant": a.tenant.slug,
-            "channel_id": a.channel_id}
+            "channel_id": a.channel_id, "agent_id": str(a.support.agent.id), "fmt": "csv"}
 
 
 def _is_page(app: Any, rule: Any) -> bool:
@@ -611,12 +611,31 @@ def _signed_in_browser(app: Any, client: Any, world: World) -> None:
         token = open_session(user, scope="full", ip="203.0.113.9", kind="browser")
         db.session.commit()
     client.set_cookie("__Host-rekey_session", token)
+def _console_client(app: Any, world: World) -> tuple[Any, str]:
+    """A browser signed in to the console as a senior admin of A (issue 10), and its CSRF token."""
+    from app.console import credentials
+    from tests.consolework import console_frozen_clock, console_sign_in, make_console_agent
+    from tests.webpages import form_token
+
+    clock = console_frozen_clock()
+    patch = pytest.MonkeyPatch()
+    patch.setattr(credentials, "time", clock)
+    try:
+        who = make_console_agent(app, world.factory, world.a.tenant, clock, role="senior_admin")
+        browser = app.test_client()
+        console_sign_in(browser, who, clock)
+    finally:
+        patch.undo()
+    return browser, form_token(browser.get("/console/audit"))
+
 
 
 def test_invalid_ids_in_every_path_parameter_are_404(app: Any, client: Any, world: World,
                                                      nothing_written: Any) -> None:
     _signed_in_browser(app, client, world)
     csrf = _page_csrf(client, world)
+    # The console's pages are reached in a console session (a senior admin of A's).
+    console, console_csrf = _console_client(app, world)
     tried = 0
     for rule in _path_rules(app):
         method = sorted((rule.methods or set()) - {"HEAD", "OPTIONS"})[0]
@@ -627,7 +646,10 @@ def test_invalid_ids_in_every_path_parameter_are_404(app: Any, client: Any, worl
             for bad in BAD_IDS:
                 url = _fill(rule, world, **{name: bad})
                 with nothing_written():
-                    if _is_page(app, rule):  # a browser: a form with its CSRF token
+                    if rule.rule.startswith("/console/"):
+                        answer = console.open(url, method=method, data={"csrf_token": console_csrf})
+                        assert_page(answer, 404)
+                    elif _is_page(app, rule):  # a browser: a form with its CSRF token
                         answer = client.open(url, method=method, data={"csrf_token": csrf})
                         assert_page(answer, 404)
                     else:
