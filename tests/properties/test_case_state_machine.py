@@ -141,6 +141,9 @@ DESTINATIONS: dict[str, set[str]] = {
     "record_enrolment": {RECOVERED},
     # Sending the link moves nothing; the sign-in it starts verifies like recorded evidence.
     "send_federated_signin_link": set(),
+    # Queues again an action an external directory refused (issue 11); its task moves the case
+    # like the action itself.
+    "retry_action": set(),
 }
 
 EFFECTS = ("mfa.factor_admin_reset", "user.password_set_by_admin", "mfa.backup_codes_generated")
