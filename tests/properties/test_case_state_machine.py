@@ -167,6 +167,9 @@ class Audit:
 
 
 NOTHING = Audit(None)
+# What screening a joining request may record besides the request itself.
+JOIN_SCREEN = frozenset({"recovery.escalated", "recovery.screened", "recovery.refused",
+                         "recovery.action_cancelled", "user.enrolment_closed"})
 # Refusals the runbook wants audited; any other refused call leaves the trail alone.
 EVIDENCE_REFUSALS = frozenset({"recovery.evidence_rejected"})
 CODE_REFUSALS = frozenset({"recovery.verification_code_rejected"})
@@ -477,12 +480,14 @@ class RecoveryMachine(RuleBasedStateMachine):
         text = ("URGENT, I need access right now, my boss will be furious" if urgent
                 else "I lost my phone and cannot sign in.")
         body = body_of({"type": "recovery.requested", "timestamp": datetime.now(UTC).isoformat(),
-                        "data": {"user_email": user.email, "ticket_id": f"T-{self.n}",
+                        "data": {"user_email": user.email, "ticket_id": f"T-{uuid.uuid4().hex[:10]}",
                                  "requester_email": user.email, "subject": "Lost phone", "text": text}})
         headers = standard_headers(self.secret, body)
         r = self.call("POST", f"/v1/webhooks/{self.integration.id}", data=body, headers=headers,
                       who=Who("integration", str(self.integration.id)),
-                      audit=Audit("recovery.requested"))
+                      # A request joining an open case is screened like a new one (issue 8, item
+                      # 11): it may escalate the case, add a flag to it, or refuse it.
+                      audit=Audit("recovery.requested", optional=JOIN_SCREEN))
         assert r.status_code == 202, r.get_json()
         case_id = r.get_json()["case_id"]
         if case_id not in self.by_id:
@@ -498,6 +503,18 @@ class RecoveryMachine(RuleBasedStateMachine):
         assert self.last_delivery is not None
         body, headers, first = self.last_delivery
         r = self.call("POST", f"/v1/webhooks/{self.integration.id}", data=body, headers=headers,
+                      who=Who("integration", str(self.integration.id)), audit=NOTHING)
+        assert (r.status_code, r.get_json()) == (200, first)
+
+    @precondition(lambda self: self.last_delivery is not None)
+    @rule()
+    def repeat_ticket(self) -> None:
+        """The same ticket's body under a new delivery id (a replayed Jira body, say): one ticket
+        opens at most one case, ever, so the first answer again and nothing created."""
+        assert self.last_delivery is not None
+        body, _headers, first = self.last_delivery
+        r = self.call("POST", f"/v1/webhooks/{self.integration.id}", data=body,
+                      headers=standard_headers(self.secret, body),
                       who=Who("integration", str(self.integration.id)), audit=NOTHING)
         assert (r.status_code, r.get_json()) == (200, first)
 
@@ -1013,8 +1030,8 @@ class RecoveryMachine(RuleBasedStateMachine):
             if old == ESCALATED and new not in (REFUSED, SUSPECTED_ATTACK):
                 expected = AWAITING_VERIFICATION if case.escalated_from == RECEIVED else case.escalated_from
                 assert new == expected, f"(e) resumed to {new}, not where it was ({case.escalated_from})"
-            if old == SUSPECTED_ATTACK:  # only a resume leaves it
-                assert new == AWAITING_VERIFICATION, f"(e) after an attack, resumed to {new}"
+            if old == SUSPECTED_ATTACK:  # a resume, or a senior admin's refusal (issue 8, item 14)
+                assert new in (AWAITING_VERIFICATION, REFUSED), f"(e) after an attack, moved to {new}"
             if new == ESCALATED:
                 case.escalated_from = old
             case.state = new
