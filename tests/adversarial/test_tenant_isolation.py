@@ -81,6 +81,9 @@ ROUTES: dict[tuple[str, str], str] = {
     ("/readyz", "GET"): PUBLIC,
     ("/openapi.json", "GET"): PUBLIC,
     ("/static/<path:filename>", "GET"): PUBLIC,  # our CSS, script and the vendored htmx
+    # Operator-only (REKEY_METRICS_TOKEN, else 404); counts by kind/state/action, no tenant's ids or
+    # names (tests/unit/test_metrics.py checks the labels).
+    ("/metrics", "GET"): PUBLIC,
 }
 
 ACTIONS = ("force_mfa_reset", "generate_backup_codes", "set_temporary_password", "suspend_user", "approve",
