@@ -184,7 +184,7 @@ def assert_error_shape(body: Any) -> None:
 # --- what a tenant has, to compare before and after -------------------------------------------
 
 # Tables with no tenant column: their rows belong to a tenant when they name one of its ids.
-GLOBAL_TABLES = ("outbox", "effects", "dead_letters")
+GLOBAL_TABLES = ("outbox", "effects", "dead_letters", "ops_marks")
 _OWNER_COLUMNS = ("tenant_id", "user_id", "agent_id", "integration_id")
 
 

@@ -150,6 +150,9 @@ ROUTES: dict[tuple[str, str], str] = {
     ("/console/cases/<case_id>/actions/<action>", "POST"): CONSOLE,
     ("/console/users/<user_id>", "GET"): CONSOLE,
     ("/console/users/<user_id>/notes", "POST"): CONSOLE,
+    # Operator-only (REKEY_METRICS_TOKEN, else 404); counts by kind/state/action, no tenant's ids or
+    # names (tests/unit/test_metrics.py checks the labels).
+    ("/metrics", "GET"): PUBLIC,
 }
 
 ACTIONS = ("force_mfa_reset", "generate_backup_codes", "set_temporary_password", "suspend_user", "approve",
