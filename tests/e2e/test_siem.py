@@ -124,13 +124,18 @@ def test_long_outage_dead_letters_then_dlq_retry_delivers_once(siem, sink, broke
         sink._script.clear()  # the sink is back
     cli_env = {k: v for k, v in os.environ.items() if not k.startswith("REKEY_") and k != "DATABASE_URL"}
     cli_env.update({k: v for k, v in env.items() if k.startswith("REKEY_") or k == "DATABASE_URL"})
+    cli_seconds = 0.0  # each `rekey dlq retry` is a whole Python process: its start-up is not backoff
     for dead_letter_id in parked():
+        cli_started = time.time()
         done = subprocess.run([sys.executable, "-m", "app.cli", "dlq", "retry", dead_letter_id, "--json"],
                               env=cli_env, capture_output=True, text=True, timeout=60)
+        cli_seconds += time.time() - cli_started
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["task"] == "rekey.audit.forward"
     _wait_for(lambda: expected <= set(_delivered(sink)), timeout=60)
     wait_idle(broker.url)
     delivered = _delivered(sink)
     assert {k: v for k, v in delivered.items() if k in expected} == dict.fromkeys(expected, 1)
-    assert time.time() - started < 90
+    # The retries' own budget; on a loaded machine (make test: two xdist workers) the CLI processes'
+    # start-up alone took over 20 s, so it is left out.
+    assert time.time() - started - cli_seconds < 90
