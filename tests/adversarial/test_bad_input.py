@@ -97,7 +97,8 @@ def json_operations(world: World) -> dict[str, tuple[str, dict[str, str], dict[s
         "POST /v1/admin/cases/{case_id}/actions/{action}": (
             f"{case}/actions/refuse", a.senior.headers,
             {"reason": "not convinced", "trigger": "agent_judgement", "backup_codes_unusable": "lost too",
-             "delivery": "verified_phone", "action_id": str(uuid.uuid4())}),
+             "delivery": "verified_phone", "action_id": str(uuid.uuid4()), "channel_id": a.channel_id,
+             "provider_id": str(uuid.uuid4())}),
         "POST /v1/admin/users/{user_id}/channels/{channel_id}/trust": (
             f"/v1/admin/users/{a.user_id}/channels/{a.channel_id}/trust", a.senior.headers,
             {"reason": "The carrier confirmed the number is back with its owner"}),

@@ -70,7 +70,8 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 # Served, but deliberately outside the document: health probes, the document itself, our static
 # files, and the HTML pages (every route of a PageBlueprint: they speak HTML forms, not JSON).
-UNDOCUMENTED = {"/healthz", "/readyz", "/openapi.json", "/static/<path:filename>"}
+# /metrics is for the operator's scraper (a bearer token or a separate bind), not part of the API.
+UNDOCUMENTED = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/static/<path:filename>"}
 PUBLIC_OPERATIONS = {*SIGNIN_PATHS, "/v1/webhooks/{integration_id}", "/v1/webhooks/twilio/status",
                      "/v1/recovery/report/{token}", "/v1/recovery/cancel/{token}"}
 
