@@ -143,8 +143,14 @@ def test_force_reset_happens_in_privacyidea_and_the_new_token_closes_the_case(
     key = secrets.token_hex(20)
     pi.enrol_totp(username, _serial("TOTP"), key)
     assert pi.validate(username, pyotp.TOTP(base64.b32encode(bytes.fromhex(key)).decode()).now())
-    world.run_task("rekey.recovery.poll_enrolments", {})
-    world.settle(lambda: state(world, case_id, c.agent) in ("recovered", "closed"), "the enrolment seen")
+
+    def polled_again() -> bool:
+        # As the beat does every minute: a poll that found privacyIDEA slow (a loaded machine) skips
+        # the case and the next one asks again.
+        world.run_task("rekey.recovery.poll_enrolments", {})
+        return state(world, case_id, c.agent) in ("recovered", "closed")
+
+    world.settle(polled_again, "the enrolment seen")
     assert len(audit(world, c.tenant, "recovery.recovered", case_id)) == 1
 
 
