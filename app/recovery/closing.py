@@ -222,12 +222,16 @@ def poll_enrolments(limit: int = 200) -> int:
 
     waiting = db.session.execute(select(RecoveryCase.id, RecoveryCase.user_id).where(
         RecoveryCase.state.in_(ALLOWED_FROM["record_enrolment"]), RecoveryCase.user_id.is_not(None))
-        .order_by(RecoveryCase.updated_at).limit(limit)).all()
-    closed = 0
+        .order_by(RecoveryCase.updated_at)).all()
+    closed = asked = 0
     for case_id, user_id in waiting:
         user = records.user_by_id(user_id)
         if user is None or not records.is_external(user):
             continue  # the built-in directory tells recovery through the accounts hook
+        # The bound counts external cases only: built-in ones waiting longer must not crowd them out.
+        asked += 1
+        if asked > limit:
+            break
         case = db.session.scalars(select(RecoveryCase).where(RecoveryCase.id == case_id).with_for_update()).first()
         if case is None or case.state not in ALLOWED_FROM["record_enrolment"]:
             continue
